@@ -1,0 +1,218 @@
+"""Configuration: frozen pydantic v2 models, YAML presets, environment overrides.
+
+Defaults live here; YAML files in ``configs/`` only override. Unknown keys are errors
+(``extra="forbid"``) so a typo never silently becomes a default.
+
+Environment overrides (endpoints and secrets only):
+    AFFECTSTREAM_REDIS_URL        -> redis.url
+    AFFECTSTREAM_REDIS_PASSWORD   -> redis.password
+    AFFECTSTREAM_KAFKA_BOOTSTRAP  -> kafka.bootstrap
+    AFFECTSTREAM_KAFKA_USERNAME   -> kafka.sasl_username
+    AFFECTSTREAM_KAFKA_PASSWORD   -> kafka.sasl_password
+    AFFECTSTREAM_API_TOKEN        -> api.auth_token
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DecodeConfig(_Frozen):
+    analysis_fps: float | None = Field(
+        None, gt=0, description="Frames per second analysed (media time); None = every frame.")
+    rtsp_transport: Literal["tcp", "udp"] = Field("tcp", description="RTSP transport.")
+    open_timeout_s: float = Field(10.0, gt=0, description="Timeout opening a stream, seconds.")
+    reconnect_max_tries: int = Field(
+        5, ge=0, description="Reconnect attempts for a live stream before giving up; 0 = never.")
+    reconnect_backoff_s: float = Field(0.5, gt=0, description="First reconnect delay, doubles.")
+    reconnect_backoff_max_s: float = Field(8.0, gt=0, description="Largest reconnect delay.")
+    max_width: int = Field(
+        1280, ge=64, description="Frames wider than this are downscaled before detection (px).")
+
+
+class DetectConfig(_Frozen):
+    model: Literal["short", "full"] = Field(
+        "full", description="BlazeFace variant: short-range (faces near the camera, faster) or "
+        "full-range (small faces too).")
+    score_thresh: float = Field(0.5, ge=0, le=1, description="Minimum detection score.")
+    nms_iou_thresh: float = Field(0.3, ge=0, le=1, description="Weighted-NMS IoU threshold.")
+    max_faces: int = Field(32, ge=1, description="Most faces kept per frame.")
+    min_face_px: float = Field(24.0, ge=0, description="Faces smaller than this (box side, px) "
+                               "are ignored.")
+
+
+class TrackConfig(_Frozen):
+    high_score_thresh: float = Field(
+        0.6, ge=0, le=1, description="Detections at or above this enter the first association.")
+    new_track_thresh: float = Field(0.65, ge=0, le=1, description="Score needed to start a track.")
+    iou_match_thresh: float = Field(
+        0.2, ge=0, le=1, description="Minimum IoU between a track's predicted box and a detection.")
+    lost_track_buffer_ms: int = Field(
+        2000, ge=0, description="How long a lost track may be re-found before it ends (ms).")
+    min_hits: int = Field(1, ge=1, description="Matched frames before a track is reported.")
+
+
+class InferenceConfig(_Frozen):
+    fer_model: str = Field("mini_xception", description="Registry id or checkpoint path (.pt).")
+    au_model: str = Field(
+        "geometric", description="'geometric' (landmark AU estimator) or a registry id / .pt path.")
+    saliency: Literal["gradcam", "off"] = Field(
+        "gradcam", description="Per-face saliency: Grad-CAM of the expression model, or off.")
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    half: bool = Field(False, description="fp16 inference on CUDA.")
+    torch_threads: int = Field(0, ge=0, description="Torch intra-op threads; 0 = one per core.")
+    max_batch_size: int = Field(64, ge=1, description="Faces per batched forward (Serve batch).")
+    batch_wait_timeout_s: float = Field(
+        0.005, ge=0, description="How long Serve waits to fill a batch, seconds.")
+    num_replicas: int | Literal["auto"] = Field(1, description="Serve replicas of inference.")
+    landmarks_batch: int = Field(16, ge=1, description="Faces per FaceMesh forward.")
+
+
+class SmoothConfig(_Frozen):
+    emotion_half_life_ms: float = Field(
+        300.0, ge=0, description="Half-life of the exponential smoothing of emotion probs (ms).")
+    au_min_cutoff_hz: float = Field(1.0, gt=0, description="One-Euro min cutoff for AUs (Hz).")
+    au_beta: float = Field(0.05, ge=0, description="One-Euro speed coefficient for AUs.")
+    au_d_cutoff_hz: float = Field(1.0, gt=0, description="One-Euro derivative cutoff (Hz).")
+    label_hysteresis: float = Field(
+        0.1, ge=0, le=1, description="A new dominant emotion must beat the current one by this "
+        "margin (probability) to replace it.")
+    reset_gap_ms: int = Field(1000, ge=0, description="Reset a track's filters after a gap (ms).")
+
+
+class RedisConfig(_Frozen):
+    url: str | None = Field(
+        None, description="redis://host:port/db; None = localhost:6379 if it answers, else an "
+        "embedded private redis-server.")
+    password: str | None = Field(None, description="Password (prefer the env override).")
+    key_prefix: str = Field("affect", description="Key prefix (DESIGN §6).")
+    maxlen: int | None = Field(
+        None, ge=1, description="Approximate cap on entries per track stream (XADD MAXLEN ~).")
+    retention_ms: int | None = Field(
+        None, ge=1, description="Trim entries older than this relative to the newest (MINID).")
+    session_ttl_s: int | None = Field(
+        7 * 24 * 3600, ge=1, description="TTL of a session's keys after it ends, seconds.")
+    pipeline_size: int = Field(256, ge=1, description="Commands per Redis pipeline flush.")
+
+
+class KafkaConfig(_Frozen):
+    bootstrap: str = Field("127.0.0.1:9092", description="host:port[,host:port]")
+    topic: str = Field("affect.frames", description="Frame topic (envelope v1, DESIGN §5).")
+    dlq_topic: str = Field("affect.frames.dlq", description="Dead-letter topic.")
+    result_topic: str | None = Field(None, description="Also produce timeline points here.")
+    group_id: str = Field("affectstream", description="Consumer group.")
+    consumers: int = Field(1, ge=1, description="Consumer actors splitting the partitions.")
+    session_timeout_ms: int = Field(10000, ge=1000)
+    heartbeat_interval_ms: int = Field(3000, ge=100)
+    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest image, bytes.")
+    max_pixels: int = Field(4096 * 4096, ge=1, description="Largest image, pixels (w*h).")
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL"] = "PLAINTEXT"
+
+
+class ApiConfig(_Frozen):
+    host: str = Field("127.0.0.1", description="Bind address of the HTTP API.")
+    port: int = Field(8000, ge=1, le=65535)
+    auth_token: str | None = Field(
+        None, description="Bearer token; required when bound to a non-loopback address.")
+
+
+class PipelineConfig(_Frozen):
+    """The whole configuration of a run or a service."""
+
+    decode: DecodeConfig = DecodeConfig()
+    detect: DetectConfig = DetectConfig()
+    track: TrackConfig = TrackConfig()
+    inference: InferenceConfig = InferenceConfig()
+    smooth: SmoothConfig = SmoothConfig()
+    redis: RedisConfig = RedisConfig()
+    kafka: KafkaConfig = KafkaConfig()
+    api: ApiConfig = ApiConfig()
+    max_in_flight: int = Field(
+        8, ge=1, description="Frames of one stream in flight at once (backpressure window).")
+    ray_num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray; None = all.")
+
+    def digest(self) -> str:
+        """Short sha256 of the canonical JSON of this config (stored in session meta)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+_ENV = {
+    "AFFECTSTREAM_REDIS_URL": ("redis", "url"),
+    "AFFECTSTREAM_REDIS_PASSWORD": ("redis", "password"),
+    "AFFECTSTREAM_KAFKA_BOOTSTRAP": ("kafka", "bootstrap"),
+    "AFFECTSTREAM_KAFKA_USERNAME": ("kafka", "sasl_username"),
+    "AFFECTSTREAM_KAFKA_PASSWORD": ("kafka", "sasl_password"),
+    "AFFECTSTREAM_API_TOKEN": ("api", "auth_token"),
+}
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def resolve_preset(name_or_path: str | Path) -> Path:
+    """A preset name (``default``, ``service``, ``gpu``) or a YAML path -> existing path.
+
+    Raises:
+        FileNotFoundError: neither a file nor a known preset.
+    """
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    cand = CONFIG_DIR / f"{name_or_path}.yaml"
+    if cand.is_file():
+        return cand
+    known = sorted(x.stem for x in CONFIG_DIR.glob("*.yaml"))
+    raise FileNotFoundError(f"config {name_or_path!r} not found (presets: {', '.join(known)})")
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                env: dict[str, str] | None = None) -> PipelineConfig:
+    """Build a :class:`PipelineConfig` from defaults <- YAML <- environment <- explicit overrides.
+
+    Args:
+        path: YAML file or preset name; ``None`` = ``configs/default.yaml``.
+        overrides: nested dict of explicit values (e.g. from CLI flags); ``None`` values ignored.
+        env: environment mapping (default ``os.environ``).
+
+    Raises:
+        FileNotFoundError: missing YAML.
+        pydantic.ValidationError: unknown keys or out-of-range values (the message names them).
+    """
+    data: dict[str, Any] = {}
+    yml = resolve_preset(path or "default")
+    loaded = yaml.safe_load(yml.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{yml}: top level must be a mapping")
+    data = _merge(data, loaded)
+    env = os.environ if env is None else env
+    for var, (section, key) in _ENV.items():
+        if env.get(var):
+            data = _merge(data, {section: {key: env[var]}})
+    if overrides:
+        clean = {s: {k: v for k, v in d.items() if v is not None} if isinstance(d, dict) else d
+                 for s, d in overrides.items() if d is not None}
+        data = _merge(data, clean)
+    return PipelineConfig.model_validate(data)

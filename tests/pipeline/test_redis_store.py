@@ -1,0 +1,45 @@
+import pytest
+import redis
+
+from operators.records import TimelinePoint
+from pipeline.redis_store import Keys, RedisSink, TimelineStore
+
+pytestmark = pytest.mark.integration
+
+
+def _pt(sid, tid, ts, emo="happiness"):
+    return TimelinePoint(sid, tid, ts, ts - 1000, emo, {"happiness": 0.7, "neutral": 0.3},
+                         {"AU12": 2.5, "AU06": 1.25}, (1.0, 2.0, 30.0, 40.0), 0.9,
+                         {"mouth": 0.8}, valence=0.4)
+
+
+def test_replay_counts_duplicates_and_roundtrips(redis_url):
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    sink = RedisSink(r, maxlen=1000)
+    sink.start_session("s1", source="clip.mp4", config_digest="abc")
+    pts = [_pt("s1", 1, 1000 + 100 * i) for i in range(5)] + [_pt("s1", 2, 1050)]
+    res = sink.write(pts)
+    assert (res.written, res.duplicates) == (6, 0)
+    # a fresh sink (new process) replaying the same points writes nothing
+    res2 = RedisSink(r).write(pts)
+    assert (res2.written, res2.duplicates) == (0, 6)
+    store = TimelineStore(r)
+    assert [t for t, _ in store.tracks("s1")] == [1, 2]
+    assert store.count_points("s1") == {1: 5, 2: 1}
+    got = store.timeline("s1", track=1)
+    assert got == pts[:5]
+    assert [p.ts_ms for p in store.timeline("s1", track=1, from_ms=1100, to_ms=1300)] == \
+        [1100, 1200, 1300]
+    assert [p.ts_ms for p in store.timeline("s1", track=1, every_ms=200)] == [1000, 1200, 1400]
+    assert r.exists(Keys().meta("s1")) and store.sessions()[0][0] == "s1"
+
+
+def test_end_session_sets_ttl(redis_url):
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    sink = RedisSink(r, session_ttl_s=60)
+    sink.start_session("s2", source="x")
+    sink.write([_pt("s2", 3, 5000)])
+    sink.end_session("s2")
+    k = Keys()
+    assert 0 < r.ttl(k.track("s2", 3)) <= 60
+    assert r.hget(k.meta("s2"), "status") == "ended"
