@@ -222,6 +222,161 @@ class TimelineStore:
         return dict(zip(tids, p.execute()))
 
 
+    def iter_track(self, sid: str, track: int, from_ms: int | None = None,
+                   to_ms: int | None = None, every_ms: int | None = None,
+                   page: int = 2000) -> Iterable[TimelinePoint]:
+        """Points of one track in time order, read lazily in pages of ``page`` entries.
+
+        Args:
+            sid / track: session and track.
+            from_ms / to_ms: inclusive capture-time range, epoch ms.
+            every_ms: keep the first point of each ``every_ms`` bucket.
+            page: entries per ``XRANGE`` call.
+        """
+        lo = "-" if from_ms is None else str(from_ms)
+        hi = "+" if to_ms is None else str(to_ms)
+        last_bucket = None
+        while True:
+            entries = self.r.xrange(self.k.track(sid, track), lo, hi, count=page)
+            for eid, fields in entries:
+                pt = TimelinePoint.from_fields(sid, track, eid, fields)
+                if every_ms:
+                    b = pt.ts_ms // every_ms
+                    if b == last_bucket:
+                        continue
+                    last_bucket = b
+                yield pt
+            if len(entries) < page:
+                return
+            lo = "(" + entries[-1][0]
+
+    def exists(self, sid: str) -> bool:
+        """Whether the session has a meta hash or tracks (expired sessions do not)."""
+        p = self.r.pipeline(transaction=False)
+        p.exists(self.k.meta(sid))
+        p.exists(self.k.tracks(sid))
+        return any(p.execute())
+
+    def sessions_page(self, offset: int = 0, limit: int = 100
+                      ) -> tuple[int, list[tuple[str, int, dict[str, str]]]]:
+        """One page of sessions, most recent first, with their meta in one round trip.
+
+        Returns:
+            ``(total sessions, [(session_id, last update epoch ms, meta dict), ...])``; the meta
+            dict is empty for a session whose keys have expired.
+        """
+        total = self.r.zcard(self.k.sessions)
+        rows = self.r.zrevrange(self.k.sessions, offset, offset + limit - 1, withscores=True)
+        p = self.r.pipeline(transaction=False)
+        for sid, _ in rows:
+            p.hgetall(self.k.meta(sid))
+        metas = p.execute() if rows else []
+        return total, [(sid, int(ts), m) for (sid, ts), m in zip(rows, metas)]
+
+    def summary(self, sid: str, track: int | None = None, from_ms: int | None = None,
+                to_ms: int | None = None, page: int = 5000) -> list[TrackSummary]:
+        """Per-track aggregates over the stored points (read in pages of ``page`` entries).
+
+        Args:
+            sid: session id.
+            track: one track, or None for every track.
+            from_ms / to_ms: inclusive capture-time range, epoch ms.
+            page: entries per ``XRANGE`` call.
+
+        Returns:
+            One :class:`TrackSummary` per track that has points in range, by track id.
+        """
+        tids = [track] if track is not None else [t for t, _ in self.tracks(sid)]
+        out = []
+        for t in tids:
+            acc = _SummaryAcc(t)
+            lo = "-" if from_ms is None else str(from_ms)
+            hi = "+" if to_ms is None else str(to_ms)
+            while True:
+                entries = self.r.xrange(self.k.track(sid, t), lo, hi, count=page)
+                for eid, fields in entries:
+                    acc.add(int(eid.split("-")[0]), fields)
+                if len(entries) < page:
+                    break
+                lo = "(" + entries[-1][0]
+            if acc.n:
+                out.append(acc.result())
+        return sorted(out, key=lambda s: s.track_id)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackSummary:
+    """Aggregates of one track's timeline.
+
+    Attributes:
+        track_id: track.
+        n_points: timeline points.
+        first_ts_ms / last_ts_ms: capture times of the first and last point, epoch ms.
+        duration_ms: ``last_ts_ms - first_ts_ms``.
+        emotion_shares: dominant label -> fraction of points with that label (sums to 1).
+        au_mean: AU id -> mean intensity (FACS 0–5) over the points carrying it.
+        au_peak: AU id -> ``(max intensity, ts_ms of its first occurrence)``.
+        valence_mean / arousal_mean: means in [-1, 1], or None when no point has them.
+    """
+
+    track_id: int
+    n_points: int
+    first_ts_ms: int
+    last_ts_ms: int
+    duration_ms: int
+    emotion_shares: dict[str, float]
+    au_mean: dict[str, float]
+    au_peak: dict[str, tuple[float, int]]
+    valence_mean: float | None = None
+    arousal_mean: float | None = None
+
+
+class _SummaryAcc:
+    """Streaming accumulator behind :meth:`TimelineStore.summary`."""
+
+    def __init__(self, tid: int) -> None:
+        self.tid = tid
+        self.n = 0
+        self.first = self.last = 0
+        self.labels: dict[str, int] = {}
+        self.au_sum: dict[str, float] = {}
+        self.au_n: dict[str, int] = {}
+        self.au_peak: dict[str, tuple[float, int]] = {}
+        self.va = [0.0, 0, 0.0, 0]
+
+    def add(self, ts: int, f: dict[str, str]) -> None:
+        if self.n == 0:
+            self.first = ts
+        self.last = ts
+        self.n += 1
+        lab = f.get("emotion")
+        if lab:
+            self.labels[lab] = self.labels.get(lab, 0) + 1
+        for k, v in f.items():
+            if k.startswith("AU"):
+                x = float(v)
+                self.au_sum[k] = self.au_sum.get(k, 0.0) + x
+                self.au_n[k] = self.au_n.get(k, 0) + 1
+                if k not in self.au_peak or x > self.au_peak[k][0]:
+                    self.au_peak[k] = (x, ts)
+        if "valence" in f:
+            self.va[0] += float(f["valence"])
+            self.va[1] += 1
+        if "arousal" in f:
+            self.va[2] += float(f["arousal"])
+            self.va[3] += 1
+
+    def result(self) -> TrackSummary:
+        n_lab = sum(self.labels.values())
+        shares = {k: v / n_lab for k, v in sorted(self.labels.items())} if n_lab else {}
+        means = {k: self.au_sum[k] / self.au_n[k] for k in sorted(self.au_sum)}
+        return TrackSummary(
+            self.tid, self.n, self.first, self.last, self.last - self.first, shares, means,
+            dict(sorted(self.au_peak.items())),
+            self.va[0] / self.va[1] if self.va[1] else None,
+            self.va[2] / self.va[3] if self.va[3] else None)
+
+
 def iter_chunks(items: Sequence[Any], n: int) -> Iterable[Sequence[Any]]:
     """Consecutive slices of at most ``n`` items."""
     for i in range(0, len(items), n):

@@ -1,0 +1,220 @@
+"""Video decoding with PyAV: files and RTSP (over TCP), PTS-based sampling, reconnects.
+
+Timestamps (DESIGN §4): ``pts_ms`` is the container presentation time of the frame
+(``frame.pts * time_base``), relative to the first frame; ``ts_ms`` is the capture time in epoch ms.
+For files the capture time is the file's start (``creation_time`` tag, else the moment the file was
+opened) plus ``pts_ms``; for live streams it is the wall clock when the first frame arrived plus
+``pts_ms`` — never the processing clock of each frame, so a slow pipeline does not skew timelines.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import av
+import numpy as np
+
+from operators.records import Frame
+
+log = logging.getLogger(__name__)
+
+LIVE_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
+
+
+class SourceError(RuntimeError):
+    """A source could not be opened or read (missing file, unreachable stream)."""
+
+
+def is_live(url: str) -> bool:
+    """True for network streams (RTSP, RTMP, HTTP, UDP), False for local files."""
+    return url.lower().startswith(LIVE_SCHEMES)
+
+
+@dataclass
+class DecodeStats:
+    """Counters of one source: frames decoded, sampled out, corrupt, reconnects."""
+
+    decoded: int = 0
+    emitted: int = 0
+    skipped_by_rate: int = 0
+    corrupt: int = 0
+    reconnects: int = 0
+
+
+class PtsSampler:
+    """Keeps frames so that emitted frames are at least ``1000/analysis_fps`` ms apart in media time.
+
+    Uses a grid anchored at the first frame: frame with ``pts_ms`` is kept when it reaches the next
+    grid slot, so 30 fps sampled at 10 fps keeps every third frame regardless of jitter.
+    """
+
+    def __init__(self, analysis_fps: float | None) -> None:
+        self.period_ms = None if not analysis_fps else 1000.0 / analysis_fps
+        self._next: float | None = None
+
+    def keep(self, pts_ms: float) -> bool:
+        if self.period_ms is None:
+            return True
+        if self._next is None or pts_ms >= self._next - 1e-6:
+            base = pts_ms if self._next is None else self._next
+            # skip whole periods when the stream jumped ahead
+            k = max(1, int((pts_ms - base) // self.period_ms) + 1)
+            self._next = base + k * self.period_ms
+            return True
+        return False
+
+
+def _file_start_ms(container: av.container.InputContainer) -> int:
+    tag = container.metadata.get("creation_time")
+    if tag:
+        try:
+            return int(datetime.fromisoformat(tag.replace("Z", "+00:00")).timestamp() * 1000)
+        except ValueError:
+            pass
+    return int(time.time() * 1000)
+
+
+class VideoSource:
+    """Iterates :class:`Frame` records from a file or a live URL.
+
+    Args:
+        url: file path or stream URL (``rtsp://...``).
+        session_id: session the frames belong to.
+        analysis_fps: frames per second of media time to emit; None = every frame.
+        rtsp_transport: ``"tcp"`` or ``"udp"``.
+        open_timeout_s: socket timeout for opening/reading network streams, seconds.
+        reconnect_max_tries: live streams only: reconnect attempts after an error or EOF.
+        reconnect_backoff_s / reconnect_backoff_max_s: first and largest delay, doubling.
+        max_width: frames wider than this are downscaled (aspect kept) before emission.
+        start_ts_ms: capture time of the first frame (epoch ms); default as in the module doc.
+
+    Raises (on iteration start):
+        SourceError: missing file, unreadable container, no video stream, unreachable stream.
+    """
+
+    def __init__(self, url: str, session_id: str, analysis_fps: float | None = None,
+                 rtsp_transport: str = "tcp", open_timeout_s: float = 10.0,
+                 reconnect_max_tries: int = 5, reconnect_backoff_s: float = 0.5,
+                 reconnect_backoff_max_s: float = 8.0, max_width: int = 1280,
+                 start_ts_ms: int | None = None) -> None:
+        self.url = str(url)
+        self.session_id = session_id
+        self.live = is_live(self.url)
+        self.analysis_fps = analysis_fps
+        self.rtsp_transport = rtsp_transport
+        self.open_timeout_s = open_timeout_s
+        self.reconnect_max_tries = reconnect_max_tries if self.live else 0
+        self.backoff = (reconnect_backoff_s, reconnect_backoff_max_s)
+        self.max_width = max_width
+        self.start_ts_ms = start_ts_ms
+        self.stats = DecodeStats()
+        self.total_frames: int | None = None
+        self.fps: float | None = None
+        if not self.live and not Path(self.url).is_file():
+            raise SourceError(f"video file not found: {self.url}")
+
+    def _open(self) -> av.container.InputContainer:
+        opts = {}
+        if self.url.lower().startswith(("rtsp://", "rtsps://")):
+            opts = {"rtsp_transport": self.rtsp_transport}
+        try:
+            c = av.open(self.url, options=opts, timeout=(self.open_timeout_s, self.open_timeout_s))
+        except (av.error.FFmpegError, OSError) as e:
+            raise SourceError(f"cannot open {self.url}: {e}") from e
+        if not c.streams.video:
+            c.close()
+            raise SourceError(f"no video stream in {self.url}")
+        vs = c.streams.video[0]
+        vs.thread_type = "AUTO"
+        if vs.frames:
+            self.total_frames = int(vs.frames)
+        elif vs.duration and vs.average_rate:
+            self.total_frames = int(float(vs.duration * vs.time_base) * float(vs.average_rate))
+        self.fps = float(vs.average_rate) if vs.average_rate else None
+        return c
+
+    def _resize(self, img: np.ndarray) -> np.ndarray:
+        h, w = img.shape[:2]
+        if w <= self.max_width:
+            return img
+        import cv2
+
+        nh = int(round(h * self.max_width / w))
+        return cv2.resize(img, (self.max_width, nh), interpolation=cv2.INTER_AREA)
+
+    def __iter__(self) -> Iterator[Frame]:
+        sampler = PtsSampler(self.analysis_fps)
+        seq = 0
+        tries = 0
+        first_pts: float | None = None
+        last_pts_ms = -1
+        start_ts = self.start_ts_ms
+        delay = self.backoff[0]
+        while True:
+            try:
+                container = self._open()
+            except SourceError:
+                # never connected: fail fast with the open error; once frames came, retry
+                if not self.live or seq == 0 or tries >= self.reconnect_max_tries:
+                    raise
+                tries += 1
+                self.stats.reconnects += 1
+                log.warning("reconnecting to %s in %.1fs (try %d)", self.url, delay, tries)
+                time.sleep(delay)
+                delay = min(delay * 2, self.backoff[1])
+                continue
+            if start_ts is None:
+                start_ts = _file_start_ms(container) if not self.live else int(time.time() * 1000)
+            # after a reconnect the new session's PTS restart; continue media time from last_pts
+            offset_ms = 0 if seq == 0 else last_pts_ms + 1
+            first_pts = None
+            vs = container.streams.video[0]
+            try:
+                for packet in container.demux(vs):
+                    try:
+                        frames = packet.decode()
+                    except av.error.InvalidDataError:
+                        self.stats.corrupt += 1
+                        continue
+                    for fr in frames:
+                        self.stats.decoded += 1
+                        if fr.pts is None or fr.time_base is None:
+                            pts_s = self.stats.decoded / (self.fps or 30.0)
+                        else:
+                            pts_s = float(fr.pts * fr.time_base)
+                        if first_pts is None:
+                            first_pts = pts_s
+                        pts_ms = offset_ms + int(round((pts_s - first_pts) * 1000))
+                        if pts_ms <= last_pts_ms:  # non-monotonic PTS: keep order strict
+                            pts_ms = last_pts_ms + 1
+                        if not sampler.keep(pts_ms):
+                            self.stats.skipped_by_rate += 1
+                            continue
+                        last_pts_ms = pts_ms
+                        img = self._resize(fr.to_ndarray(format="rgb24"))
+                        self.stats.emitted += 1
+                        tries, delay = 0, self.backoff[0]
+                        yield Frame(self.session_id, seq, start_ts + pts_ms, pts_ms, img)
+                        seq += 1
+            except (av.error.FFmpegError, OSError) as e:
+                container.close()
+                if not self.live or tries >= self.reconnect_max_tries:
+                    raise SourceError(f"stream {self.url} failed: {e}") from e
+                tries += 1
+                self.stats.reconnects += 1
+                log.warning("stream %s failed (%s); reconnecting in %.1fs", self.url, e, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, self.backoff[1])
+                continue
+            container.close()
+            if not self.live or tries >= self.reconnect_max_tries:
+                return
+            tries += 1
+            self.stats.reconnects += 1
+            time.sleep(delay)
+            delay = min(delay * 2, self.backoff[1])

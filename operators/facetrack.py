@@ -1,0 +1,151 @@
+"""The face-track stage of one stream: detect -> track -> FaceMesh landmarks -> model crops.
+
+Plain Python (no Ray); the pipeline runs one instance per stream in an actor, frames in order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from operators.crops import bbox_affines, five_point_affines, transform_points, warp_crops
+from operators.detection import FaceDetector
+from operators.landmarks import FaceMeshLandmarker, five_point
+from operators.records import Faces, Frame
+from operators.tracking import FaceTracker
+
+if TYPE_CHECKING:
+    from operators.analyze import CropSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class TrackedFrame:
+    """One frame after the face-track stage.
+
+    Attributes:
+        session_id, seq, ts_ms, pts_ms: from the :class:`Frame`.
+        faces: tracked faces; ``landmarks`` (N, 468, 2) float32 frame pixels.
+        crops: (N, H, W) or (N, H, W, 3) uint8 inputs for the expression model.
+        points01: (N, 468, 2) float32 FaceMesh points in crop coordinates, in [0, 1].
+        ended_tracks: track ids the tracker ended at this frame.
+        timings_ms: wall time of this stage's steps for this frame (``decode``, ``detect``,
+            ``landmarks``, ``crop``), milliseconds.
+        t_wall: epoch seconds when the frame was decoded (for frame-to-Redis latency).
+        error: set when the frame could not be processed (then ``faces`` is empty).
+    """
+
+    session_id: str
+    seq: int
+    ts_ms: int
+    pts_ms: int
+    faces: Faces
+    crops: np.ndarray
+    points01: np.ndarray
+    ended_tracks: list[int]
+    timings_ms: dict[str, float]
+    t_wall: float
+    width: int = 0
+    height: int = 0
+    error: str | None = None
+
+
+class FaceTrackStage:
+    """Detector + tracker + landmarker + crop preparation for one stream.
+
+    Args:
+        detector: BlazeFace wrapper.
+        tracker: the stream's tracker.
+        landmarker: FaceMesh wrapper.
+        crop: how the expression model wants its crops.
+        min_face_px: faces whose box side is below this are ignored (pixels).
+        min_presence: FaceMesh face-presence below this drops the face (probably not a face).
+    """
+
+    def __init__(self, detector: FaceDetector, tracker: FaceTracker,
+                 landmarker: FaceMeshLandmarker, crop: CropSpec, min_face_px: float = 24.0,
+                 min_presence: float = 0.5) -> None:
+        self.detector = detector
+        self.tracker = tracker
+        self.landmarker = landmarker
+        self.crop = crop
+        self.min_face_px = min_face_px
+        self.min_presence = min_presence
+
+    @staticmethod
+    def from_config(cfg: Any) -> FaceTrackStage:
+        """Build from a :class:`pipeline.config.PipelineConfig`-shaped object."""
+        from operators.analyze import CropSpec, FaceAnalyzer
+
+        d, t = cfg.detect, cfg.track
+        card = FaceAnalyzer.card_for(cfg.inference.fer_model)
+        return FaceTrackStage(
+            FaceDetector(d.model, d.score_thresh, d.nms_iou_thresh, d.max_faces),
+            FaceTracker(t.high_score_thresh, t.new_track_thresh, t.iou_match_thresh,
+                        t.lost_track_buffer_ms, t.min_hits),
+            FaceMeshLandmarker(max_batch_size=cfg.inference.landmarks_batch),
+            CropSpec.from_card(card), d.min_face_px)
+
+    def process(self, frame: Frame, meta: dict | None = None) -> TrackedFrame:
+        """Run the stage on one frame; a frame that fails yields an empty, flagged result.
+
+        Args:
+            frame: decoded frame (frames of a stream in order).
+            meta: ``{"t_wall": epoch s, "decode_ms": float}`` from the source, if any.
+        """
+        meta = meta or {}
+        timings = {"decode": float(meta.get("decode_ms", 0.0))}
+        h, w = frame.image.shape[:2]
+        try:
+            return self._process(frame, meta, timings)
+        except Exception as e:  # one bad frame never stops the stream
+            log.exception("frame %s/%d failed", frame.session_id, frame.seq)
+            return TrackedFrame(frame.session_id, frame.seq, frame.ts_ms, frame.pts_ms,
+                                Faces.empty(), np.zeros((0,) + self.crop.size, np.uint8),
+                                np.zeros((0, 468, 2), np.float32), [], timings,
+                                meta.get("t_wall", time.time()), w, h,
+                                error=f"{type(e).__name__}: {e}")
+
+    def _process(self, frame: Frame, meta: dict, timings: dict[str, float]) -> TrackedFrame:
+        img = frame.image
+        t0 = time.perf_counter()
+        det = self.detector.detect([img])[0]
+        side = np.maximum(det.bbox_xyxy[:, 2] - det.bbox_xyxy[:, 0],
+                          det.bbox_xyxy[:, 3] - det.bbox_xyxy[:, 1])
+        keep = side >= self.min_face_px
+        kp = det.keypoints[keep]
+        faces = Faces(det.bbox_xyxy[keep], det.det_score[keep],
+                      np.zeros(int(keep.sum()), np.int64), kp)
+        t1 = time.perf_counter()
+        timings["detect"] = (t1 - t0) * 1000
+        tracked = self.tracker.update(faces, frame.pts_ms)
+        ended = list(self.tracker.ended)
+        t2 = time.perf_counter()
+        timings["track"] = (t2 - t1) * 1000
+        if len(tracked):
+            lm = self.landmarker([img], [tracked.bbox_xyxy], [tracked.landmarks])[0]
+            ok = lm.presence >= self.min_presence
+            tracked = Faces(tracked.bbox_xyxy[ok], tracked.det_score[ok], tracked.track_id[ok],
+                            lm.landmarks[ok])
+        else:
+            tracked = Faces(tracked.bbox_xyxy, tracked.det_score, tracked.track_id,
+                            np.zeros((0, 468, 2), np.float32))
+        t3 = time.perf_counter()
+        timings["landmarks"] = (t3 - t2) * 1000
+        size = self.crop.size
+        if self.crop.alignment == "5pt":
+            aff = five_point_affines(five_point(tracked.landmarks), size)
+        else:
+            aff = bbox_affines(tracked.bbox_xyxy, size, self.crop.scale)
+        crops = warp_crops(img, aff, size, gray=self.crop.gray)
+        pts01 = transform_points(tracked.landmarks, aff) / np.array(
+            [size[1], size[0]], np.float32)
+        timings["crop"] = (time.perf_counter() - t3) * 1000
+        return TrackedFrame(frame.session_id, frame.seq, frame.ts_ms, frame.pts_ms, tracked, crops,
+                            pts01.astype(np.float32), ended, timings,
+                            meta.get("t_wall", time.time()), img.shape[1], img.shape[0])
