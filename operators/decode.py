@@ -2,8 +2,9 @@
 
 Timestamps (DESIGN §4): ``pts_ms`` is the container presentation time of the frame
 (``frame.pts * time_base``), relative to the first frame; ``ts_ms`` is the capture time in epoch ms.
-For files the capture time is the file's start (``creation_time`` tag, else the moment the file was
-opened) plus ``pts_ms``; for live streams it is the wall clock when the first frame arrived plus
+For files the capture time is the file's start (``creation_time`` tag, else the file's modification
+time — deterministic, so re-analysing a file yields the same timestamps and no duplicates) plus
+``pts_ms``; for live streams it is the wall clock when the first frame arrived plus
 ``pts_ms`` — never the processing clock of each frame, so a slow pipeline does not skew timelines.
 """
 
@@ -69,14 +70,14 @@ class PtsSampler:
         return False
 
 
-def _file_start_ms(container: av.container.InputContainer) -> int:
+def _file_start_ms(container: av.container.InputContainer, path: str) -> int:
     tag = container.metadata.get("creation_time")
     if tag:
         try:
             return int(datetime.fromisoformat(tag.replace("Z", "+00:00")).timestamp() * 1000)
         except ValueError:
             pass
-    return int(time.time() * 1000)
+    return int(Path(path).stat().st_mtime * 1000)
 
 
 class VideoSource:
@@ -169,7 +170,7 @@ class VideoSource:
                 delay = min(delay * 2, self.backoff[1])
                 continue
             if start_ts is None:
-                start_ts = _file_start_ms(container) if not self.live else int(time.time() * 1000)
+                start_ts = _file_start_ms(container, self.url) if not self.live else int(time.time() * 1000)
             # after a reconnect the new session's PTS restart; continue media time from last_pts
             offset_ms = 0 if seq == 0 else last_pts_ms + 1
             first_pts = None

@@ -143,13 +143,16 @@ def decode_boxes(regressors: torch.Tensor, logits: torch.Tensor, anchors: torch.
     return boxes, kps, scores
 
 
+def _area(b: np.ndarray) -> np.ndarray:
+    return np.clip(b[..., 2] - b[..., 0], 0, None) * np.clip(b[..., 3] - b[..., 1], 0, None)
+
+
 def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """IoU of one box (4,) with many (M, 4), xyxy; 0 where the union is empty."""
     ix = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
     iy = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
     inter = ix * iy
-    area = lambda b: np.clip(b[..., 2] - b[..., 0], 0, None) * np.clip(b[..., 3] - b[..., 1], 0, None)  # noqa: E731
-    union = area(box) + area(boxes) - inter
+    union = _area(box) + _area(boxes) - inter
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
@@ -191,7 +194,8 @@ def weighted_nms(boxes: np.ndarray, scores: np.ndarray, keypoints: np.ndarray,
         os_.append(scores[i])
     k = keypoints.shape[1] if keypoints.ndim == 3 else 0
     if not ob:
-        return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, k, 2), np.float32)
+        return (np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
+                np.zeros((0, k, 2), np.float32))
     return (np.asarray(ob, np.float32), np.asarray(os_, np.float32), np.asarray(ok, np.float32))
 
 

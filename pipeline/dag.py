@@ -239,11 +239,22 @@ class StreamReport:
     live: bool = False
     error: str | None = None
     wall_s: float = 0.0
+    first_frame_at: float | None = None
+    last_frame_at: float | None = None
+
+    @property
+    def fps(self) -> float:
+        """Frames analysed per second between the first and the last result (startup excluded)."""
+        if not self.first_frame_at or not self.last_frame_at or self.frames < 2:
+            return 0.0
+        return (self.frames - 1) / max(self.last_frame_at - self.first_frame_at, 1e-9)
 
 
 def init_ray(cfg: PipelineConfig) -> None:
     """Start (or join, when ``RAY_ADDRESS`` is set) Ray quietly, auth off, no dashboard."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    for name in ("ray", "ray.serve"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     if ray.is_initialized():
         return
     kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
@@ -259,13 +270,15 @@ def start_inference(cfg: PipelineConfig) -> Any:
 
     from pipeline.inference import Inference
 
-    serve.start(proxy_location="Disabled", logging_config={"log_level": "WARNING"})
+    quiet = {"log_level": "WARNING", "enable_access_log": False}
+    serve.start(proxy_location="Disabled", logging_config=quiet)
     i = cfg.inference
     n = i.num_replicas if i.num_replicas != "auto" else 1
-    app = Inference.options(num_replicas=n).bind(
+    app = Inference.options(num_replicas=n, logging_config=quiet,
+                            max_ongoing_requests=max(8, 2 * i.max_batch_size)).bind(
         i.fer_model, i.saliency, i.au_model, i.device, i.half, i.torch_threads or 1,
         i.max_batch_size, i.batch_wait_timeout_s)
-    return serve.run(app, name=APP_NAME, route_prefix=None)
+    return serve.run(app, name=APP_NAME, route_prefix=None, logging_config=quiet)
 
 
 def run_streams(sources: list[tuple[str, str]], cfg: PipelineConfig, redis_url: str,
@@ -338,6 +351,9 @@ def run_streams(sources: list[tuple[str, str]], cfg: PipelineConfig, redis_url: 
                 s["eos"] = True
                 continue
             rep.frames += 1
+            now = time.time()
+            rep.first_frame_at = rep.first_frame_at or now
+            rep.last_frame_at = now
             rep.frames_with_faces += out["faces"] > 0
             rep.points += out["written"]
             rep.duplicates += out["duplicates"]
@@ -371,10 +387,5 @@ def _short_error(e: BaseException) -> str:
 
 
 def shutdown() -> None:
-    """Tear down Serve and Ray started by this process."""
-    from ray import serve
-
-    try:
-        serve.shutdown()
-    finally:
-        ray.shutdown()
+    """Tear down Ray started by this process (its Serve apps go with it)."""
+    ray.shutdown()

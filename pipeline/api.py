@@ -1,0 +1,575 @@
+"""HTTP query API (DESIGN §7): FastAPI over the Redis timeline store, plus a thin Ray Serve ingress.
+
+Endpoints (JSON unless noted; times are epoch milliseconds, AU intensities FACS 0–5)::
+
+    GET /healthz                          liveness (no I/O)
+    GET /readyz                           Redis answers PING (503 otherwise)
+    GET /metrics                          Prometheus text format
+    GET /v1/sessions                      sessions, most recent first (paged)
+    GET /v1/sessions/{sid}                one session's meta and counts
+    GET /v1/sessions/{sid}/tracks         tracks with first-seen time and point counts
+    GET /v1/sessions/{sid}/timeline       points, ?track=&from_ms=&to_ms=&every_ms=&limit=
+    GET /v1/sessions/{sid}/summary        per track: emotion shares, AU means/peaks, duration
+    GET /v1/sessions/{sid}/live           server-sent events: new points as they are written
+
+Auth: with a token configured, ``/v1/*`` needs ``Authorization: Bearer <token>`` (probes, metrics
+and the OpenAPI docs stay open). Without a token the API may only bind to a loopback address:
+:func:`check_bind` refuses anything else.
+
+Ray Serve: ``import_path: pipeline.api:build_app`` with ``args: {config: service, ...}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import ipaddress
+import json
+import math
+import secrets
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import redis
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+
+from operators.records import TimelinePoint
+from pipeline import metrics
+from pipeline.envelope import SESSION_ID_PATTERN
+from pipeline.redis_store import Keys, TimelineStore, TrackSummary, connect
+
+API_VERSION = "1"
+
+
+class ApiConfigError(ValueError):
+    """The API is configured unsafely or inconsistently (raised before serving)."""
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback IPs (127.0.0.0/8, ::1); False for wildcard and other
+    addresses or names (names are not resolved: only ``localhost`` counts as loopback)."""
+    h = host.strip().strip("[]").lower()
+    if h in ("localhost", "localhost.localdomain", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, auth_token: str | None) -> None:
+    """Refuse to expose the API beyond loopback without a bearer token.
+
+    Raises:
+        ApiConfigError: ``host`` is not loopback and ``auth_token`` is empty.
+    """
+    if not is_loopback(host) and not auth_token:
+        raise ApiConfigError(
+            f"refusing to serve the query API on {host!r} without an auth token: set "
+            "api.auth_token (or AFFECTSTREAM_API_TOKEN), or bind to 127.0.0.1")
+
+
+# --------------------------------------------------------------------------------------------
+# response models
+
+
+class Health(BaseModel):
+    status: str = Field(description="'ok' when the process serves requests.")
+
+
+class Ready(BaseModel):
+    status: str = Field(description="'ready' when Redis answers.")
+    redis_ms: float = Field(description="PING round trip, milliseconds.")
+
+
+class SessionBrief(BaseModel):
+    session_id: str
+    updated_ms: int = Field(description="Last update, epoch ms.")
+    status: str = Field(description="running | ended | failed | ... ; 'expired' once its keys "
+                        "are gone.")
+    source: str | None = Field(None, description="Video file, RTSP URL or Kafka topic.")
+
+
+class SessionList(BaseModel):
+    total: int = Field(description="Sessions known in total.")
+    offset: int
+    limit: int
+    sessions: list[SessionBrief]
+
+
+class SessionDetail(BaseModel):
+    session_id: str
+    status: str
+    source: str | None = None
+    created_ms: int | None = Field(None, description="Epoch ms.")
+    updated_ms: int | None = Field(None, description="Epoch ms of the newest point.")
+    ended_ms: int | None = Field(None, description="Epoch ms, when ended.")
+    models: str | None = None
+    config_digest: str | None = None
+    n_tracks: int
+    n_points: int = Field(description="Timeline points stored (all tracks).")
+
+
+class TrackInfo(BaseModel):
+    track_id: int
+    first_seen_ms: int = Field(description="Capture time of its first point, epoch ms.")
+    n_points: int
+
+
+class TrackList(BaseModel):
+    session_id: str
+    tracks: list[TrackInfo]
+
+
+class Point(BaseModel):
+    """One face at one analysed frame."""
+
+    track_id: int
+    ts_ms: int = Field(description="Capture time, epoch ms.")
+    pts_ms: int = Field(description="Media time, ms from the start of the source.")
+    emotion: str = Field(description="Dominant emotion label.")
+    emotion_probs: dict[str, float] = Field(description="Label -> probability in [0, 1].")
+    au_intensity: dict[str, float] = Field(description="AU id -> intensity, FACS 0–5.")
+    bbox_xyxy: list[float] | None = Field(None, description="x1, y1, x2, y2 in pixels.")
+    det_score: float | None = Field(None, description="Detection score in [0, 1].")
+    saliency: dict[str, float] = Field(default_factory=dict,
+                                       description="Face region -> mean saliency in [0, 1].")
+    valence: float | None = Field(None, description="In [-1, 1].")
+    arousal: float | None = Field(None, description="In [-1, 1].")
+
+
+class Timeline(BaseModel):
+    session_id: str
+    track: int | None
+    from_ms: int | None
+    to_ms: int | None
+    every_ms: int | None
+    count: int
+    truncated: bool = Field(description="More points matched than `limit`.")
+    points: list[Point]
+
+
+class AUPeak(BaseModel):
+    value: float = Field(description="Highest intensity, FACS 0–5.")
+    ts_ms: int = Field(description="When it was first reached, epoch ms.")
+
+
+class TrackSummaryOut(BaseModel):
+    track_id: int
+    n_points: int
+    first_ts_ms: int
+    last_ts_ms: int
+    duration_ms: int = Field(description="last_ts_ms - first_ts_ms.")
+    emotion_shares: dict[str, float] = Field(
+        description="Dominant label -> fraction of the track's points.")
+    au_mean: dict[str, float] = Field(description="AU id -> mean intensity, FACS 0–5.")
+    au_peak: dict[str, AUPeak]
+    valence_mean: float | None = None
+    arousal_mean: float | None = None
+
+
+class Summary(BaseModel):
+    session_id: str
+    n_tracks: int
+    n_points: int
+    emotion_shares: dict[str, float] = Field(
+        description="Dominant label -> fraction of all points of the session.")
+    tracks: list[TrackSummaryOut]
+
+
+class ErrorOut(BaseModel):
+    detail: str
+
+
+def _num(x: float | None) -> float | None:
+    return None if x is None or math.isnan(x) else x
+
+
+def point_out(p: TimelinePoint) -> Point:
+    """API form of a :class:`~operators.records.TimelinePoint` (NaNs become null)."""
+    box = [float(v) for v in p.bbox_xyxy]
+    return Point(track_id=p.track_id, ts_ms=p.ts_ms, pts_ms=p.pts_ms, emotion=p.emotion,
+                 emotion_probs=p.emotion_probs, au_intensity=p.au_intensity,
+                 bbox_xyxy=None if any(math.isnan(v) for v in box) else box,
+                 det_score=_num(p.det_score), saliency=p.saliency, valence=_num(p.valence),
+                 arousal=_num(p.arousal))
+
+
+def summary_out(s: TrackSummary) -> TrackSummaryOut:
+    return TrackSummaryOut(
+        track_id=s.track_id, n_points=s.n_points, first_ts_ms=s.first_ts_ms,
+        last_ts_ms=s.last_ts_ms, duration_ms=s.duration_ms, emotion_shares=s.emotion_shares,
+        au_mean=s.au_mean, au_peak={k: AUPeak(value=v, ts_ms=t) for k, (v, t) in s.au_peak.items()},
+        valence_mean=s.valence_mean, arousal_mean=s.arousal_mean)
+
+
+def _opt_int(v: str | None) -> int | None:
+    try:
+        return int(v) if v not in (None, "") else None
+    except ValueError:
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# app
+
+
+SessionId = Annotated[str, Path(pattern=SESSION_ID_PATTERN, description="Session id.")]
+_NOT_FOUND = {404: {"model": ErrorOut, "description": "Unknown session."}}
+
+
+def create_app(redis_url: str | None = None, prefix: str = "affect",
+               auth_token: str | None = None, *, host: str | None = None,
+               redis_password: str | None = None, client: redis.Redis | None = None) -> FastAPI:
+    """Build the query API.
+
+    Args:
+        redis_url: ``redis://host:port/db`` (ignored when ``client`` is given).
+        prefix: Redis key prefix.
+        auth_token: bearer token required on ``/v1/*``; None = no auth.
+        host: the address the server will bind to; checked with :func:`check_bind`.
+        redis_password: Redis password.
+        client: an existing ``redis.Redis`` with ``decode_responses=True``.
+
+    Raises:
+        ApiConfigError: non-loopback ``host`` without ``auth_token``, or no Redis given.
+    """
+    if host is not None:
+        check_bind(host, auth_token)
+    if client is None:
+        if not redis_url:
+            raise ApiConfigError("create_app needs redis_url or client")
+        client = connect(redis_url, redis_password, socket_timeout=5, socket_connect_timeout=3)
+    store = TimelineStore(client, prefix)
+    keys = Keys(prefix)
+    kwargs = client.connection_pool.connection_kwargs
+    state: dict[str, Any] = {}
+
+    def aredis() -> Any:
+        # one asyncio client per event loop, without a socket timeout (XREAD BLOCK waits)
+        import redis.asyncio as aioredis
+
+        loop = asyncio.get_running_loop()
+        if state.get("loop") is not loop:
+            pool_kw = {k: v for k, v in kwargs.items()
+                       if k in ("host", "port", "db", "username", "password", "path", "ssl")}
+            state["loop"] = loop
+            state["aredis"] = aioredis.Redis(**pool_kw, decode_responses=True,
+                                             socket_timeout=None, max_connections=512)
+        return state["aredis"]
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        r = state.pop("aredis", None)
+        if r is not None:
+            try:
+                await r.aclose()
+            except Exception:  # noqa: BLE001  (loop may already be closing)
+                pass
+        client.close()
+
+    app = FastAPI(
+        title="affectstream query API", version=API_VERSION, lifespan=lifespan,
+        description="Per-face emotion and action-unit timelines of video sessions, from Redis. "
+        "Times are epoch milliseconds; AU intensities are on the FACS 0–5 scale.")
+
+    bearer = HTTPBearer(auto_error=False, description="Bearer token (api.auth_token).")
+
+    def require_token(cred: Annotated[HTTPAuthorizationCredentials | None,
+                                      Depends(bearer)]) -> None:
+        if auth_token is None:
+            return
+        if cred is None or not secrets.compare_digest(cred.credentials.encode(),
+                                                      auth_token.encode()):
+            raise HTTPException(401, "missing or invalid bearer token",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    def known(sid: str) -> None:
+        if not store.exists(sid):
+            raise HTTPException(404, f"unknown session {sid!r} (never written, or expired)")
+
+    @app.get("/healthz", response_model=Health, tags=["ops"])
+    def healthz() -> Health:
+        return Health(status="ok")
+
+    @app.get("/readyz", response_model=Ready, tags=["ops"],
+             responses={503: {"model": ErrorOut, "description": "Redis unreachable."}})
+    def readyz() -> Ready:
+        t = time.perf_counter()
+        try:
+            client.ping()
+        except redis.RedisError as e:
+            raise HTTPException(503, f"redis unreachable: {type(e).__name__}: {e}") from None
+        return Ready(status="ready", redis_ms=round((time.perf_counter() - t) * 1000, 3))
+
+    @app.get("/metrics", tags=["ops"], response_class=Response,
+             responses={200: {"content": {"text/plain": {}},
+                              "description": "Prometheus text exposition format."}})
+    def metrics_endpoint() -> Response:
+        body, ctype = metrics.render()
+        return Response(body, media_type=ctype)
+
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_token)], tags=["sessions"],
+                   responses={401: {"model": ErrorOut, "description": "Bad or missing token."}})
+
+    @v1.get("/sessions", response_model=SessionList)
+    def list_sessions(offset: Annotated[int, Query(ge=0)] = 0,
+                      limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> SessionList:
+        """Sessions, most recently updated first."""
+        total, rows = store.sessions_page(offset, limit)
+        return SessionList(total=total, offset=offset, limit=limit, sessions=[
+            SessionBrief(session_id=sid, updated_ms=ts, status=m.get("status", "expired"),
+                         source=m.get("source")) for sid, ts, m in rows])
+
+    @v1.get("/sessions/{sid}", response_model=SessionDetail, responses=_NOT_FOUND)
+    def get_session(sid: SessionId) -> SessionDetail:
+        """One session: meta (source, status, models, config digest) and counts."""
+        known(sid)
+        m = store.meta(sid)
+        counts = store.count_points(sid)
+        return SessionDetail(
+            session_id=sid, status=m.get("status", "unknown"), source=m.get("source"),
+            created_ms=_opt_int(m.get("created_ms")), updated_ms=_opt_int(m.get("updated_ms")),
+            ended_ms=_opt_int(m.get("ended_ms")), models=m.get("models"),
+            config_digest=m.get("config_digest"), n_tracks=len(counts),
+            n_points=sum(counts.values()))
+
+    @v1.get("/sessions/{sid}/tracks", response_model=TrackList, responses=_NOT_FOUND)
+    def get_tracks(sid: SessionId) -> TrackList:
+        """Tracks (faces) of a session in order of appearance."""
+        known(sid)
+        counts = store.count_points(sid)
+        return TrackList(session_id=sid, tracks=[
+            TrackInfo(track_id=t, first_seen_ms=ts, n_points=counts.get(t, 0))
+            for t, ts in store.tracks(sid)])
+
+    @v1.get("/sessions/{sid}/timeline", response_model=Timeline, responses=_NOT_FOUND)
+    def get_timeline(
+            sid: SessionId,
+            track: Annotated[int | None, Query(ge=1, description="One track; all if absent.")]
+            = None,
+            from_ms: Annotated[int | None, Query(ge=0, description="Inclusive, epoch ms.")] = None,
+            to_ms: Annotated[int | None, Query(ge=0, description="Inclusive, epoch ms.")] = None,
+            every_ms: Annotated[int | None, Query(
+                ge=1, description="Downsample: first point of each every_ms bucket per track.")]
+            = None,
+            limit: Annotated[int, Query(ge=1, le=100_000, description="Most points returned.")]
+            = 10_000) -> Timeline:
+        """Time-ordered points of one track or all tracks."""
+        if from_ms is not None and to_ms is not None and from_ms > to_ms:
+            raise HTTPException(422, f"from_ms ({from_ms}) is after to_ms ({to_ms})")
+        known(sid)
+        tids = [track] if track is not None else [t for t, _ in store.tracks(sid)]
+        per_track = []
+        for t in tids:
+            it = store.iter_track(sid, t, from_ms, to_ms, every_ms, page=min(limit + 1, 2000))
+            pts = []
+            for p in it:
+                pts.append(p)
+                if len(pts) > limit:
+                    break
+            per_track.append(pts)
+        merged = list(heapq.merge(*per_track, key=lambda q: (q.ts_ms, q.track_id)))
+        truncated = len(merged) > limit
+        merged = merged[:limit]
+        return Timeline(session_id=sid, track=track, from_ms=from_ms, to_ms=to_ms,
+                        every_ms=every_ms, count=len(merged), truncated=truncated,
+                        points=[point_out(p) for p in merged])
+
+    @v1.get("/sessions/{sid}/summary", response_model=Summary, responses=_NOT_FOUND)
+    def get_summary(
+            sid: SessionId,
+            track: Annotated[int | None, Query(ge=1)] = None,
+            from_ms: Annotated[int | None, Query(ge=0, description="Inclusive, epoch ms.")] = None,
+            to_ms: Annotated[int | None, Query(ge=0, description="Inclusive, epoch ms.")] = None,
+    ) -> Summary:
+        """Per track: share of points per dominant emotion, AU mean and peak, duration."""
+        known(sid)
+        rows = store.summary(sid, track, from_ms, to_ms)
+        n = sum(s.n_points for s in rows)
+        overall: dict[str, float] = {}
+        for s in rows:
+            for lab, share in s.emotion_shares.items():
+                overall[lab] = overall.get(lab, 0.0) + share * s.n_points
+        return Summary(session_id=sid, n_tracks=len(rows), n_points=n,
+                       emotion_shares={k: v / n for k, v in sorted(overall.items())} if n else {},
+                       tracks=[summary_out(s) for s in rows])
+
+    @v1.get("/sessions/{sid}/live", response_class=StreamingResponse, responses={
+        **_NOT_FOUND,
+        200: {"description": "text/event-stream. Events: `ready` (data: session_id, tracks), "
+              "`point` (id: ts_ms, data: a Point), `end` (the session ended); comment lines "
+              "are heartbeats. Resume with `after_ms` or the Last-Event-ID header.",
+              "content": {"text/event-stream": {"schema": {"type": "string"}}}}})
+    async def live(
+            request: Request, sid: SessionId,
+            track: Annotated[int | None, Query(ge=1, description="One track; all if absent.")]
+            = None,
+            after_ms: Annotated[int | None, Query(
+                ge=0, description="Also send stored points newer than this epoch ms.")] = None,
+            block_ms: Annotated[int, Query(ge=10, le=30_000, description="XREAD BLOCK, ms.")]
+            = 1000,
+            heartbeat_s: Annotated[float, Query(gt=0, le=300)] = 15.0,
+            max_events: Annotated[int | None, Query(ge=1, description="Close after this many "
+                                                                 "points.")] = None,
+    ) -> StreamingResponse:
+        """Server-sent events of new timeline points across the session's tracks (new tracks are
+        picked up as they appear), via ``XREAD BLOCK``."""
+        r = aredis()
+        p = r.pipeline(transaction=False)
+        p.exists(keys.meta(sid))
+        p.exists(keys.tracks(sid))
+        if not any(await p.execute()):
+            raise HTTPException(404, f"unknown session {sid!r} (never written, or expired)")
+        if after_ms is None:
+            after_ms = _opt_int(request.headers.get("last-event-id"))
+
+        async def track_ids() -> list[int]:
+            if track is not None:
+                return [track]
+            return [int(t) for t in await r.zrange(keys.tracks(sid), 0, -1)]
+
+        async def start_id(key: str) -> str:
+            if after_ms is not None:
+                return f"{after_ms}-0"
+            top = await r.xrevrange(key, "+", "-", count=1)
+            return top[0][0] if top else "0-0"
+
+        streams: dict[str, str] = {}
+        tid_of: dict[str, int] = {}
+        for t in await track_ids():
+            k = keys.track(sid, t)
+            streams[k], tid_of[k] = await start_id(k), t
+
+        async def events() -> AsyncIterator[str]:
+            ready = {"session_id": sid, "tracks": sorted(tid_of.values())}
+            yield f"retry: 2000\nevent: ready\ndata: {json.dumps(ready)}\n\n"
+            sent = 0
+            last_out = time.monotonic()
+            n_tracks = len(tid_of)
+            while True:
+                if await request.is_disconnected():
+                    return
+                if track is None and await r.zcard(keys.tracks(sid)) != n_tracks:
+                    for t in await track_ids():
+                        k = keys.track(sid, t)
+                        if k not in streams:  # a new track: all its points are new
+                            streams[k] = f"{after_ms}-0" if after_ms is not None else "0-0"
+                            tid_of[k] = t
+                    n_tracks = len(tid_of)
+                if streams:
+                    resp = await r.xread(streams, count=500, block=block_ms)
+                else:
+                    await asyncio.sleep(block_ms / 1000)
+                    resp = []
+                for k, entries in resp or []:
+                    for eid, fields in entries:
+                        streams[k] = eid
+                        pt = TimelinePoint.from_fields(sid, tid_of[k], eid, fields)
+                        data = point_out(pt).model_dump_json()
+                        yield f"id: {pt.ts_ms}\nevent: point\ndata: {data}\n\n"
+                        sent += 1
+                        last_out = time.monotonic()
+                        if max_events is not None and sent >= max_events:
+                            return
+                if not resp:
+                    status = await r.hget(keys.meta(sid), "status")
+                    if status is not None and status != "running":
+                        yield f"event: end\ndata: {json.dumps({'status': status})}\n\n"
+                        return
+                    if time.monotonic() - last_out >= heartbeat_s:
+                        yield ": keep-alive\n\n"
+                        last_out = time.monotonic()
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache",
+                                          "X-Accel-Buffering": "no"})
+
+    app.include_router(v1)
+
+    @app.exception_handler(redis.ConnectionError)
+    async def _redis_down(_req: Request, exc: redis.ConnectionError) -> JSONResponse:
+        return JSONResponse({"detail": f"redis unreachable: {exc}"}, status_code=503)
+
+    app.state.store = store
+    return app
+
+
+# --------------------------------------------------------------------------------------------
+# Ray Serve ingress (thin)
+
+try:  # Ray is a dependency, but keep create_app usable where it cannot be imported
+    from ray import serve
+except ImportError:  # pragma: no cover
+    serve = None  # type: ignore[assignment]
+
+_BUILD_ARGS = ("config", "redis_url", "redis_password", "key_prefix", "auth_token", "host",
+               "num_replicas", "num_cpus")
+
+
+def _resolve(config: str | None, overrides: dict[str, Any]) -> Any:
+    from pipeline.config import load_config
+
+    return load_config(config, overrides={
+        "redis": {"url": overrides.get("redis_url"),
+                  "password": overrides.get("redis_password"),
+                  "key_prefix": overrides.get("key_prefix")},
+        "api": {"host": overrides.get("host"), "auth_token": overrides.get("auth_token")}})
+
+
+if serve is not None:
+
+    @serve.deployment(name="QueryAPI", ray_actor_options={"num_cpus": 0.25})
+    @serve.ingress()
+    class QueryAPI:
+        """Serve replica holding one :func:`create_app` instance. The config is resolved in the
+        replica (so secrets come from the replica's environment, not from deployment args)."""
+
+        def __init__(self, config: str | None = None,
+                     overrides: dict[str, Any] | None = None) -> None:
+            cfg = _resolve(config, overrides or {})
+            self._app = create_app(cfg.redis.url or "redis://127.0.0.1:6379/0",
+                                   cfg.redis.key_prefix, cfg.api.auth_token, host=cfg.api.host,
+                                   redis_password=cfg.redis.password)
+
+        def __serve_build_asgi_app__(self) -> FastAPI:
+            return self._app
+
+
+def build_app(args: dict[str, Any] | None = None) -> Any:
+    """Ray Serve application builder (``import_path: pipeline.api:build_app``).
+
+    Args:
+        args: optional ``config`` (YAML path or preset for :func:`pipeline.config.load_config`),
+            ``redis_url``, ``redis_password``, ``key_prefix``, ``auth_token``, ``host`` (the
+            address the Serve HTTP proxy binds; non-loopback needs a token), ``num_replicas``,
+            ``num_cpus`` (per replica).
+
+    Returns:
+        ``serve.Application``.
+
+    Raises:
+        ApiConfigError: unknown args, or non-loopback host without a token.
+    """
+    if serve is None:  # pragma: no cover
+        raise ApiConfigError("ray[serve] is not installed")
+    args = dict(args or {})
+    unknown = sorted(set(args) - set(_BUILD_ARGS))
+    if unknown:
+        raise ApiConfigError(f"unknown build_app args {unknown}; known: {list(_BUILD_ARGS)}")
+    config = args.pop("config", None)
+    cfg = _resolve(config, args)  # validates early, in the caller's environment
+    check_bind(cfg.api.host, cfg.api.auth_token)
+    opts: dict[str, Any] = {}
+    if args.get("num_replicas") is not None:
+        opts["num_replicas"] = args["num_replicas"]
+    if args.get("num_cpus") is not None:
+        opts["ray_actor_options"] = {"num_cpus": float(args["num_cpus"])}
+    overrides = {k: v for k, v in args.items() if k not in ("num_replicas", "num_cpus")}
+    return QueryAPI.options(**opts).bind(config, overrides)
