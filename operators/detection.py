@@ -271,7 +271,9 @@ class FaceDetector:
         name, self.input_size, strides, per_layer = _SPECS[model]
         self.model_name = model
         self.device = torch.device(device)
-        self.net = create_model(name, weights=weights).to(self.device).eval()
+        # channels_last: ~1.5x faster depthwise convs on CPU; inputs arrive NHWC-strided anyway
+        self.net = create_model(name, weights=weights).to(
+            self.device, memory_format=torch.channels_last).eval()
         self.anchors = torch.from_numpy(ssd_anchors(self.input_size, strides, per_layer)).to(
             self.device)
         self.score_thresh = float(score_thresh)

@@ -168,7 +168,9 @@ class FaceMeshLandmarker:
         from models import create_model
 
         self.device = torch.device(device)
-        self.net = create_model("facemesh", weights=weights).to(self.device).eval()
+        # channels_last: ~1.5x faster depthwise convs on CPU; crops arrive NHWC-strided anyway
+        self.net = create_model("facemesh", weights=weights).to(
+            self.device, memory_format=torch.channels_last).eval()
         self.input_size = 192
         self.roi_scale = roi_scale
         self.max_batch_size = max_batch_size

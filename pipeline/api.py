@@ -19,7 +19,6 @@ and the OpenAPI docs stay open). Without a token the API may only bind to a loop
 Ray Serve: ``import_path: pipeline.api:build_app`` with ``args: {config: service, ...}``.
 """
 
-from __future__ import annotations
 
 import asyncio
 import heapq
@@ -404,8 +403,8 @@ def create_app(redis_url: str | None = None, prefix: str = "affect",
     @v1.get("/sessions/{sid}/live", response_class=StreamingResponse, responses={
         **_NOT_FOUND,
         200: {"description": "text/event-stream. Events: `ready` (data: session_id, tracks), "
-              "`point` (id: ts_ms, data: a Point), `end` (the session ended); comment lines "
-              "are heartbeats. Resume with `after_ms` or the Last-Event-ID header.",
+              "`point` (id: ts_ms, data: a Point), `end` (the session ended), `timeout` "
+              "(max_duration_s reached); comment lines are heartbeats. Resume with `after_ms` or the Last-Event-ID header.",
               "content": {"text/event-stream": {"schema": {"type": "string"}}}}})
     async def live(
             request: Request, sid: SessionId,
@@ -418,6 +417,8 @@ def create_app(redis_url: str | None = None, prefix: str = "affect",
             heartbeat_s: Annotated[float, Query(gt=0, le=300)] = 15.0,
             max_events: Annotated[int | None, Query(ge=1, description="Close after this many "
                                                                  "points.")] = None,
+            max_duration_s: Annotated[float | None, Query(
+                gt=0, description="Close after this many seconds.")] = None,
     ) -> StreamingResponse:
         """Server-sent events of new timeline points across the session's tracks (new tracks are
         picked up as they appear), via ``XREAD BLOCK``."""
@@ -452,9 +453,13 @@ def create_app(redis_url: str | None = None, prefix: str = "affect",
             yield f"retry: 2000\nevent: ready\ndata: {json.dumps(ready)}\n\n"
             sent = 0
             last_out = time.monotonic()
+            stop_at = None if max_duration_s is None else last_out + max_duration_s
             n_tracks = len(tid_of)
             while True:
                 if await request.is_disconnected():
+                    return
+                if stop_at is not None and time.monotonic() >= stop_at:
+                    yield f"event: timeout\ndata: {json.dumps({'sent': sent})}\n\n"
                     return
                 if track is None and await r.zcard(keys.tracks(sid)) != n_tracks:
                     for t in await track_ids():

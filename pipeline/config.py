@@ -52,6 +52,9 @@ class DetectConfig(_Frozen):
     max_faces: int = Field(32, ge=1, description="Most faces kept per frame.")
     min_face_px: float = Field(24.0, ge=0, description="Faces smaller than this (box side, px) "
                                "are ignored.")
+    detect_interval_ms: int = Field(
+        250, ge=0, description="While every face is followed by its landmarks, run the detector "
+        "at most this often (media ms); new faces appear within this delay. 0 = every frame.")
 
 
 class TrackConfig(_Frozen):

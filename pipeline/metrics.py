@@ -13,7 +13,9 @@ expose each process's registry separately.
 from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram
-from prometheus_client import generate_latest
+from prometheus_client import disable_created_metrics, generate_latest
+
+disable_created_metrics()  # no *_created series: they double the exposition for little use
 
 FRAMES_IN = Counter(
     "affectstream_frames_in", "Frames received from a source (file, RTSP, Kafka), before sampling.")
