@@ -115,6 +115,7 @@ class VideoSource:
         self.start_ts_ms = start_ts_ms
         self.stats = DecodeStats()
         self.total_frames: int | None = None
+        self.last_decode_ms = 0.0  # decode + convert work behind the last emitted frame, ms
         self.fps: float | None = None
         if not self.live and not Path(self.url).is_file():
             raise SourceError(f"video file not found: {self.url}")
@@ -123,6 +124,9 @@ class VideoSource:
         opts = {}
         if self.url.lower().startswith(("rtsp://", "rtsps://")):
             opts = {"rtsp_transport": self.rtsp_transport}
+        if self.live:
+            # short probing: frames read while probing arrive late (the SDP already names the codec)
+            opts.update({"fflags": "nobuffer", "analyzeduration": "200000", "probesize": "65536"})
         try:
             c = av.open(self.url, options=opts, timeout=(self.open_timeout_s, self.open_timeout_s))
         except (av.error.FFmpegError, OSError) as e:
@@ -175,13 +179,17 @@ class VideoSource:
             offset_ms = 0 if seq == 0 else last_pts_ms + 1
             first_pts = None
             vs = container.streams.video[0]
+            work = 0.0
             try:
                 for packet in container.demux(vs):
+                    t0 = time.perf_counter()
                     try:
                         frames = packet.decode()
                     except av.error.InvalidDataError:
                         self.stats.corrupt += 1
                         continue
+                    finally:
+                        work += time.perf_counter() - t0
                     for fr in frames:
                         self.stats.decoded += 1
                         if fr.pts is None or fr.time_base is None:
@@ -197,7 +205,10 @@ class VideoSource:
                             self.stats.skipped_by_rate += 1
                             continue
                         last_pts_ms = pts_ms
+                        t0 = time.perf_counter()
                         img = self._resize(fr.to_ndarray(format="rgb24"))
+                        self.last_decode_ms = (work + time.perf_counter() - t0) * 1000
+                        work = 0.0
                         self.stats.emitted += 1
                         tries, delay = 0, self.backoff[0]
                         yield Frame(self.session_id, seq, start_ts + pts_ms, pts_ms, img)

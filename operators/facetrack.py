@@ -116,6 +116,13 @@ class FaceTrackStage:
             FaceMeshLandmarker(max_batch_size=cfg.inference.landmarks_batch),
             CropSpec.from_card(card), d.min_face_px, detect_interval_ms=d.detect_interval_ms)
 
+    def warmup(self) -> None:
+        """Run each network once on blank input so the first real frame is not slow."""
+        img = np.zeros((360, 640, 3), np.uint8)
+        self.detector.detect([img])
+        box = np.array([[200, 100, 300, 220]], np.float32)
+        self.landmarker([img], [box])
+
     def process(self, frame: Frame, meta: dict | None = None) -> TrackedFrame:
         """Run the stage on one frame; a frame that fails yields an empty, flagged result.
 

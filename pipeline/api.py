@@ -255,11 +255,16 @@ def create_app(redis_url: str | None = None, prefix: str = "affect",
 
         loop = asyncio.get_running_loop()
         if state.get("loop") is not loop:
-            pool_kw = {k: v for k, v in kwargs.items()
-                       if k in ("host", "port", "db", "username", "password", "path", "ssl")}
             state["loop"] = loop
-            state["aredis"] = aioredis.Redis(**pool_kw, decode_responses=True,
-                                             socket_timeout=None, max_connections=512)
+            if redis_url:  # same URL (scheme, TLS, db) as the sync client
+                state["aredis"] = aioredis.Redis.from_url(
+                    redis_url, password=redis_password, decode_responses=True,
+                    socket_timeout=None, max_connections=512)
+            else:
+                pool_kw = {k: v for k, v in kwargs.items()
+                           if k in ("host", "port", "db", "username", "password", "path")}
+                state["aredis"] = aioredis.Redis(**pool_kw, decode_responses=True,
+                                                 socket_timeout=None, max_connections=512)
         return state["aredis"]
 
     @asynccontextmanager
@@ -404,7 +409,8 @@ def create_app(redis_url: str | None = None, prefix: str = "affect",
         **_NOT_FOUND,
         200: {"description": "text/event-stream. Events: `ready` (data: session_id, tracks), "
               "`point` (id: ts_ms, data: a Point), `end` (the session ended), `timeout` "
-              "(max_duration_s reached); comment lines are heartbeats. Resume with `after_ms` or the Last-Event-ID header.",
+              "(max_duration_s reached); comment lines are heartbeats. Resume with `after_ms` "
+              "or the Last-Event-ID header.",
               "content": {"text/event-stream": {"schema": {"type": "string"}}}}})
     async def live(
             request: Request, sid: SessionId,
@@ -498,9 +504,12 @@ def create_app(redis_url: str | None = None, prefix: str = "affect",
 
     app.include_router(v1)
 
-    @app.exception_handler(redis.ConnectionError)
-    async def _redis_down(_req: Request, exc: redis.ConnectionError) -> JSONResponse:
-        return JSONResponse({"detail": f"redis unreachable: {exc}"}, status_code=503)
+    async def _redis_down(_req: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": f"redis unreachable: {type(exc).__name__}: {exc}"},
+                            status_code=503)
+
+    app.add_exception_handler(redis.ConnectionError, _redis_down)
+    app.add_exception_handler(redis.TimeoutError, _redis_down)
 
     app.state.store = store
     return app
@@ -534,10 +543,15 @@ if serve is not None:
     @serve.ingress()
     class QueryAPI:
         """Serve replica holding one :func:`create_app` instance. The config is resolved in the
-        replica (so secrets come from the replica's environment, not from deployment args)."""
+        replica (so secrets come from the replica's environment, not from deployment args).
+
+        Extra keyword arguments (e.g. other deployments bound into the same application, which
+        Serve hands over as ``DeploymentHandle`` s) are kept in ``self.handles``.
+        """
 
         def __init__(self, config: str | None = None,
-                     overrides: dict[str, Any] | None = None) -> None:
+                     overrides: dict[str, Any] | None = None, **handles: Any) -> None:
+            self.handles = handles
             cfg = _resolve(config, overrides or {})
             self._app = create_app(cfg.redis.url or "redis://127.0.0.1:6379/0",
                                    cfg.redis.key_prefix, cfg.api.auth_token, host=cfg.api.host,

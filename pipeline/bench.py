@@ -19,8 +19,10 @@ def _stats(v: list[float]) -> dict[str, float]:
 
 
 def run_bench(video: str, cfg: PipelineConfig, redis_url: str, streams: int = 1,
-              console: Any = None) -> dict:
+              console: Any = None, max_frames: int | None = None) -> dict:
     """Run ``streams`` copies of ``video`` through the full DAG into Redis and measure.
+
+    ``max_frames`` bounds each stream (needed for live streams, which never end).
 
     The first ``warmup`` frames of each stream (model load, JIT warm-up) are excluded from the
     rates and stage times; the frames/s is frames analysed after warm-up over the wall time they
@@ -44,9 +46,11 @@ def run_bench(video: str, cfg: PipelineConfig, redis_url: str, streams: int = 1,
         marks["t_last"] = time.time()
 
     if console:
-        console.print(f"bench: {streams} stream(s) of {video} (every frame)…")
+        rate = cfg.decode.analysis_fps
+        console.print(f"bench: {streams} stream(s) of {video} "
+                      f"({'every frame' if not rate else f'{rate:g} frames/s analysed'})…")
     try:
-        reports = dag.run_streams(sources, cfg, redis_url, on_progress)
+        reports = dag.run_streams(sources, cfg, redis_url, on_progress, max_frames=max_frames)
     finally:
         dag.shutdown()
     errors = [r.error for r in reports if r.error]
@@ -72,9 +76,13 @@ def run_bench(video: str, cfg: PipelineConfig, redis_url: str, streams: int = 1,
         "faces per inference batch (mean)": float(np.mean(batch)) if batch else 0.0,
         "timeline points written": float(sum(r.points for r in reports)),
         "tracks": float(sum(len(r.tracks) for r in reports)),
+        "frames dropped by live sources (behind)": float(
+            sum(r.source_stats.get("dropped_behind", 0) for r in reports)),
     }
+    if cfg.decode.analysis_fps:
+        summary["analysis_fps asked"] = float(cfg.decode.analysis_fps)
     return {
-        "video": os.path.basename(video), "streams": streams, "summary": summary,
+        "video": video if "://" in video else os.path.basename(video), "streams": streams, "summary": summary,
         "stages_ms": {k: _stats(v) for k, v in stage.items() if v},
         "latency_ms": lat_s,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),

@@ -47,14 +47,19 @@ class SourceActor:
         self._error: BaseException | None = None
         self._it = iter(self.src)
         self._live_buffer = live_buffer
-        self._first = self._pull()  # opens the source now: errors surface at start
+        if self.live:
+            # probe now so a dead camera fails at start; read from a fresh connection once the
+            # pipeline asks (frames a camera sends meanwhile would be stale)
+            self.src._open().close()
+            self._first = None
+        else:
+            self._first = self._pull()  # opens the file now: errors surface at start
 
     def _pull(self) -> Any:
-        t0 = time.perf_counter()
         fr = next(self._it, None)
         if fr is None:
             return None
-        return fr, {"t_wall": time.time(), "decode_ms": (time.perf_counter() - t0) * 1000}
+        return fr, {"t_wall": time.time(), "decode_ms": self.src.last_decode_ms}
 
     def _reader(self) -> None:
         try:
@@ -76,9 +81,6 @@ class SourceActor:
                 self._cv.notify_all()
 
     def info(self) -> dict:
-        if self.live and not hasattr(self, "_thread"):
-            self._thread = threading.Thread(target=self._reader, daemon=True)
-            self._thread.start()
         return {"total_frames": self.src.total_frames, "fps": self.src.fps, "live": self.live}
 
     def next(self) -> Any:
@@ -87,6 +89,9 @@ class SourceActor:
             return item
         if not self.live:
             return self._pull()
+        if not hasattr(self, "_thread"):  # read ahead from the first request on
+            self._thread = threading.Thread(target=self._reader, daemon=True)
+            self._thread.start()
         with self._cv:
             while not self._buf and not self._done:
                 self._cv.wait()
@@ -114,6 +119,10 @@ class FaceTrackActor:
 
         cfg = PipelineConfig.model_validate_json(cfg_json)
         self.stage = FaceTrackStage.from_config(cfg)
+        self.stage.warmup()
+
+    def ready(self) -> bool:
+        return True
 
     def process(self, item: Any) -> Any:
         if item is None:
@@ -148,7 +157,9 @@ class SinkActor:
         self._cv: asyncio.Condition | None = None
         self.tracks: set[int] = set()
 
-    async def process(self, tracked: Any) -> dict:
+    async def process(self, tracked: Any, ticket: int) -> dict:
+        """Analyse and write one frame; ``ticket`` is the driver's contiguous submission number
+        for this stream (frame ``seq`` may have gaps where a live source dropped frames)."""
         from pipeline.inference import InferRequest
 
         if tracked is None:
@@ -164,16 +175,15 @@ class SinkActor:
             res = await self.handle.remote(InferRequest(tracked.crops, tracked.points01))
         async with self._cv:  # strict frame order for the stateful smoother and the stream IDs
             try:  # a frame lost upstream must not stall the stream forever
-                await asyncio.wait_for(self._cv.wait_for(lambda: self._next_seq >= tracked.seq),
+                await asyncio.wait_for(self._cv.wait_for(lambda: self._next_seq >= ticket),
                                        timeout=60)
             except TimeoutError:
-                log.error("%s: frame %d never arrived; skipping ahead", self.session_id,
+                log.error("%s: frame ticket %d never arrived; skipping ahead", self.session_id,
                           self._next_seq)
-                self._next_seq = tracked.seq
             try:
                 return self._write(tracked, res)
             finally:
-                self._next_seq = tracked.seq + 1
+                self._next_seq = ticket + 1
                 self._cv.notify_all()
 
     def _write(self, tracked: Any, res: Any) -> dict:
@@ -212,6 +222,17 @@ class SinkActor:
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
         raise AssertionError("unreachable")
+
+    async def ready(self) -> bool:
+        """Connect to the Serve deployment and make one empty call (routing warm-up, ~2 s)."""
+        from ray import serve
+
+        from pipeline.inference import InferRequest
+
+        if self.handle is None:
+            self.handle = serve.get_deployment_handle("Inference", app_name=APP_NAME)
+        await self.handle.remote(InferRequest(np.zeros((0, 1, 1), np.uint8), None))
+        return True
 
     def finish(self, status: str = "ended") -> dict:
         self.sink.end_session(self.session_id, status)
@@ -320,6 +341,14 @@ def run_streams(sources: list[tuple[str, str]], cfg: PipelineConfig, redis_url: 
         sink = SinkActor.remote(cfg_json, redis_url, rep.session_id, rep.url, labels)
         streams.append({"rep": rep, "src": src, "ft": ft, "sink": sink, "inflight": [],
                         "eos": False, "submitted": 0, "t0": time.time()})
+    # every actor has loaded its models before the first frame is requested (a live source would
+    # otherwise read ahead into a pipeline that is not there yet)
+    for s in list(streams):
+        try:
+            ray.get([s["ft"].ready.remote(), s["sink"].ready.remote()])
+        except ray.exceptions.RayError as e:
+            s["rep"].error = _short_error(e)
+            streams.remove(s)
     if on_start:
         on_start(reports)
     ref_owner: dict[Any, dict] = {}
@@ -327,7 +356,8 @@ def run_streams(sources: list[tuple[str, str]], cfg: PipelineConfig, redis_url: 
         for s in streams:
             while (not s["eos"] and len(s["inflight"]) < cfg.max_in_flight
                    and (max_frames is None or s["submitted"] < max_frames)):
-                ref = s["sink"].process.remote(s["ft"].process.remote(s["src"].next.remote()))
+                ref = s["sink"].process.remote(s["ft"].process.remote(s["src"].next.remote()),
+                                               s["submitted"])
                 s["inflight"].append(ref)
                 ref_owner[ref] = s
                 s["submitted"] += 1

@@ -80,6 +80,9 @@ class Inference:
             torch.set_num_threads(torch_threads)
         self.analyzer = FaceAnalyzer(fer_model, saliency, au_model, device, half)
         self._apply(max_batch_size, batch_wait_timeout_s)
+        h, w = self.analyzer.crop.size  # warm-up: the first real batch should not pay for it
+        shape = (2, h, w) if self.analyzer.crop.gray else (2, h, w, 3)
+        self.analyzer.analyze(np.zeros(shape, np.uint8), np.full((2, 468, 2), 0.5, np.float32))
 
     def _apply(self, max_batch_size: int, batch_wait_timeout_s: float) -> None:
         self.infer.set_max_batch_size(max_batch_size)

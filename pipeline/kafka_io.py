@@ -198,8 +198,8 @@ def open_video(source: str | Path, rtsp_transport: str = "tcp", open_timeout_s: 
     opts: dict[str, str] = {}
     if _URL.match(src):
         if src.lower().startswith(("rtsp://", "rtsps://")):
-            opts = {"rtsp_transport": rtsp_transport, "stimeout": str(int(open_timeout_s * 1e6)),
-                    "timeout": str(int(open_timeout_s * 1e6))}
+            opts = {"rtsp_transport": rtsp_transport,
+                    "timeout": str(int(open_timeout_s * 1e6))}  # socket timeout, µs
     elif not Path(src).is_file():
         raise FileNotFoundError(f"no such video file: {src}")
     try:
@@ -319,7 +319,8 @@ def publish(source: str | Path, bootstrap: str = "127.0.0.1:9092", topic: str = 
         raise FileNotFoundError(f"no such video file: {src}")
     if session is None:
         stem = re.sub(r"[^A-Za-z0-9._-]", "-", Path(src.split("?")[0]).stem or "stream")
-        session = f"{stem.lstrip('._-') or 'stream'}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        session = f"{stem.lstrip('._-')[:100] or 'stream'}-{stamp}"
     FrameEnvelope(session_id=session, seq=start_seq, ts_ms=0, codec="jpeg")  # validate early
     cfg = cfg or KafkaConfig(bootstrap=bootstrap, topic=topic)
     ckw = {k: v for k, v in client_kwargs(cfg, bootstrap).items() if k != "bootstrap_servers"}
@@ -703,8 +704,10 @@ class FrameConsumer:
         return self._consumer
 
     def assignment(self) -> set[Any]:
-        """Partitions currently assigned to this consumer."""
-        return set(self._consumer.assignment())
+        """Partitions this consumer owns: assigned and not revoked, as the rebalance listener saw
+        it (kafka-python's own ``assignment()`` still lists revoked partitions until the next
+        assignment arrives)."""
+        return set(self._assigned)
 
     def _dead_letter(self, rec: Any, reason: str, detail: str, retry: bool = False) -> None:
         from kafka.structs import TopicPartition

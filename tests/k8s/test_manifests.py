@@ -200,6 +200,26 @@ def test_serve_port_agrees_across_service_containers_probes_and_serve_config(
                for p in rule.get("ports", [])), "the API port is not open to clients"
 
 
+# KubeRay's names for Ray's well-known ports: it adds a missing name to the Services it builds,
+# so the same number under another name would become a duplicate Service port.
+KUBERAY_PORT_NAMES = {10001: "client", 6379: "gcs-server", 8265: "dashboard", 8080: "metrics",
+                      8000: "serve"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_container_ports_use_kuberay_names(render, overlay: str) -> None:
+    rs = rayservice(render(overlay))
+    for name, g in groups(rs):
+        ports = ray_container(g)["ports"]
+        assert len({p["containerPort"] for p in ports}) == len(ports), name
+        for p in ports:
+            want = KUBERAY_PORT_NAMES.get(p["containerPort"])
+            assert want is None or p["name"] == want, (name, p)
+    head_ports = {p["name"] for p in ray_container(
+        rs["spec"]["rayClusterConfig"]["headGroupSpec"])["ports"]}
+    assert set(KUBERAY_PORT_NAMES.values()) <= head_ports
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_probes_target_ray_health_endpoints_on_their_ports(render, overlay: str) -> None:
     from ray._private import ray_constants

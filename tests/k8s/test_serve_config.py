@@ -7,17 +7,22 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
 
 from tests.k8s.conftest import (
     CONFIG_MOUNT,
+    K8S,
+    NAMESPACE,
     OVERLAYS,
     ROOT,
     by_kind,
     groups,
+    kustomize,
     one,
     quantity,
     ray_container,
@@ -209,3 +214,24 @@ def test_dev_kafka_and_redis_match_the_config(render, tmp_path: Path) -> None:
     redis_pol = one(docs, "NetworkPolicy", "affectstream-redis")
     ray_sel = one(docs, "NetworkPolicy", "affectstream-ray")["spec"]["podSelector"]
     assert redis_pol["spec"]["ingress"][0]["from"][0]["podSelector"] == ray_sel
+
+
+@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+def test_strimzi_topics_component_fits_the_consumers(kubectl: Path, tmp_path: Path,
+                                                      overlay: str) -> None:
+    rel = os.path.relpath(K8S, tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "namespace": NAMESPACE,
+        "resources": [f"{rel}/overlays/{overlay}"],
+        "components": [f"{rel}/components/strimzi-topics"]}))
+    docs = kustomize(kubectl, tmp_path)
+    _, _, pc = _pipeline_config(docs, tmp_path)
+    topics = {t["spec"]["topicName"]: t["spec"] for t in by_kind(docs, "KafkaTopic")}
+    assert set(topics) == {pc.kafka.topic, pc.kafka.dlq_topic}
+    frames = topics[pc.kafka.topic]
+    # every consumer gets the same number of partitions
+    assert frames["partitions"] >= pc.kafka.consumers
+    assert frames["partitions"] % pc.kafka.consumers == 0
+    for t in topics.values():
+        assert int(t["config"]["max.message.bytes"]) >= pc.kafka.max_message_bytes
+        assert t["replicas"] > int(t["config"]["min.insync.replicas"]) >= 2

@@ -17,9 +17,21 @@ from models.profile import example_inputs, output_tensors
 
 EMOTIONS = {"anger", "contempt", "disgust", "fear", "happiness", "neutral", "sadness", "surprise"}
 ALL = list_models()
-# Fully convolutional models that are expensive at their card size get a smaller input for the
-# backward pass (their card size is still used for forward and export).
-GRAD_SIZE = {"dsr_fau_teacher": (128, 128)}
+# The paper models are fully convolutional (AMP-Net's crops scale with the map), so the backward
+# pass runs at half their card size to keep the suite fast; forward and export use the card size.
+GRAD_SIZE = {"ampnet": (112, 112), "dsan": (112, 112), "saliency_fer": (112, 112),
+             "saliency_cnn": (120, 160), "dsr_fau_teacher": (128, 128),
+             "dsr_fau_student": (128, 128)}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    # The test machine's cores are shared; one intra-op thread avoids OpenMP spin contention
+    # (measured ~5x faster here than 2 threads under load). Restored afterwards.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def _build(name: str) -> torch.nn.Module:
@@ -40,7 +52,8 @@ def test_registry_lists_the_paper_models():
     for name in ("ampnet", "dsan", "dsr_fau_teacher", "dsr_fau_student", "saliency_cnn",
                  "saliency_fer"):
         assert name in ALL
-    assert list_models("au") == ["dsr_fau_student", "dsr_fau_teacher"]
+    assert {"dsr_fau_student", "dsr_fau_teacher"} <= set(list_models("au"))
+    assert "saliency_cnn" in list_models("saliency")
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -97,17 +110,17 @@ def test_gradients_reach_every_parameter(name):
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 @pytest.mark.parametrize("name", ALL)
 def test_torchscript_export_matches_eager_on_another_batch_size(name):
     model = _build(name)
-    trace_batch = 1 if name == "dsr_fau_teacher" else 2
     with torch.no_grad():
-        traced = torch.jit.trace(model, _inputs(name, trace_batch), strict=False, check_trace=False)
+        traced = torch.jit.trace(model, _inputs(name, 1), strict=False, check_trace=False)
         buf = io.BytesIO()
         torch.jit.save(traced, buf)
         buf.seek(0)
         loaded = torch.jit.load(buf)
-        x = _inputs(name, 3 if name != "dsr_fau_teacher" else 2, seed=1)
+        x = _inputs(name, 2, seed=1)
         ref = output_tensors(model(*x))
         got = output_tensors(loaded(*x))
     assert ref.keys() == got.keys()
@@ -115,6 +128,25 @@ def test_torchscript_export_matches_eager_on_another_batch_size(name):
         assert got[k].shape == ref[k].shape, k
         tol = 1e-4 * max(1.0, ref[k].abs().max().item())
         assert (got[k] - ref[k]).abs().max().item() <= tol, f"{name}.{k} differs after export"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in ALL if get_card(n).weights is None])
+def test_torch_export_with_dynamic_batch(name):
+    # torch.export is the successor of TorchScript (deprecated in torch 2.13); ~2-6 s per model.
+    model = _build(name)
+    x = _inputs(name, 2)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    program = torch.export.export(model, x, dynamic_shapes=tuple({0: batch} for _ in x))
+    buf = io.BytesIO()
+    torch.export.save(program, buf)
+    buf.seek(0)
+    loaded = torch.export.load(buf).module()
+    x3 = _inputs(name, 3, seed=1)
+    with torch.no_grad():
+        ref, got = output_tensors(model(*x3)), output_tensors(loaded(*x3))
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.gpu

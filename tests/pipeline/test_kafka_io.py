@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from pipeline.cli_kafka import kafka_cli as _kafka_cli
 from pipeline.config import KafkaConfig
-from pipeline.envelope import SCHEMA, encode, encode_image
+from pipeline.envelope import SCHEMA, encode
 from pipeline.kafka_io import (BrokerUnavailable, DeadLetter, FrameConsumer, OffsetTracker,
                                ensure_topics, make_producer, publish)
 
@@ -158,6 +158,8 @@ def test_publish_then_consume_a_real_clip_complete_and_in_order(kafka_broker, me
         t_consume = time.perf_counter() - t
         assert c.commit() == {c.assignment().pop(): 72}
         assert c.stats.dead_lettered == 0
+        lag = c.lag()  # tansu's end offsets are approximate: only shape and sign here
+        assert set(lag) == c.assignment() and all(v >= 0 for v in lag.values())
     print(f"\npublish {stats.frames_per_s:.0f} frames/s; consume incl. group join "
           f"{72 / t_consume:.0f} frames/s ({t_consume:.2f} s)")
     assert [f.envelope.seq for f in got] == list(range(72))
@@ -309,17 +311,21 @@ def test_rebalance_commits_acknowledged_offsets_of_revoked_partitions(kafka_brok
         for f in fs[:2]:
             a.ack(f)
     b = FrameConsumer(cfg, client_id="B", consumer_kw=kw)  # joining triggers a rebalance
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 90  # generous: a loaded machine slows the group protocol
     b_got = []
-    while time.monotonic() < deadline and (len(a.assignment()) != 1 or not b.assignment()):
-        a.poll(timeout_ms=200)
+    # each partition holds 6 frames, 2 acknowledged by A: B should get the other 4 of each
+    while time.monotonic() < deadline and (not b_got or len(b_got) < 4 * len(b.assignment())):
+        a.poll(timeout_ms=200)  # A takes part in the rebalance from its poll loop
         b_got += b.poll(timeout_ms=200)
-    assert len(a.assignment()) == 1 and len(b.assignment()) == 1
-    moved = b.assignment().pop()
-    # A committed its acknowledged prefix of the partition it lost: B resumes there
-    first = by_tp[moved][2].offset
-    b_got += _consume(b, 1, timeout_s=10)
-    assert b_got and b_got[0].offset == first
+    assert b.assignment(), "B got no partition"
+    # normally one partition each; under load A may miss the rebalance and lose both
+    assert not (a.assignment() & b.assignment())
+    got_by_tp = {}
+    for f in b_got:
+        got_by_tp.setdefault(f.tp, []).append(f.offset)
+    # A committed its acknowledged prefix of each partition it lost: B resumes there, not at 0
+    assert got_by_tp == {tp: [f.offset for f in by_tp[tp][2:]] for tp in b.assignment()}
+    moved = next(iter(b.assignment()))
     assert not a.ack(by_tp[moved][2])  # a late ack for a revoked partition is ignored
     a.close(commit=False)
     b.close(commit=False)
