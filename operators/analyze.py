@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from models.registry import ModelCard, create_model, get_card
+from operators.landmarks import five_point
 from operators.records import DISFA_AUS, EMOTIONS, FACE_REGIONS
 from operators.saliency import grad_cam, region_summary
 
@@ -82,7 +83,8 @@ class FaceAnalyzer:
         if bad:
             raise ValueError(f"{fer_model} declares non-canonical labels {sorted(bad)}")
         self.crop = CropSpec.from_card(self.card)
-        self.saliency = saliency != "off" and hasattr(self.fer, "cam_layer")
+        self.saliency = saliency != "off" and (hasattr(self.fer, "cam_layer")
+                                               or "saliency_output" in self.card.extra)
         self.au = None if au_model == "geometric" else load_model(au_model).to(self.device)
         self.au_names = DISFA_AUS
         if self.half:
@@ -127,13 +129,30 @@ class FaceAnalyzer:
                     None if not self.saliency else np.zeros((0, len(FACE_REGIONS)), np.float32),
                     None)
         x = self._tensor(crops)
+        extra = self.card.extra
+        args: tuple = ()
+        if extra.get("landmarks_in"):  # e.g. AMP-Net: 5 points in crop pixels
+            if points01 is None:
+                raise ValueError(f"{self.card.name} needs landmarks (points01)")
+            h, w = self.crop.size
+            lm5 = five_point(points01 * np.array([w, h], np.float32))
+            args = (torch.from_numpy(lm5.astype(np.float32)).to(self.device, x.dtype),)
+
+        def logits_of(out: object) -> torch.Tensor:
+            return out[extra["output"]] if isinstance(out, dict) else out  # type: ignore[index]
+
         sal = None
-        if self.saliency and points01 is not None:
-            logits, cam = grad_cam(self.fer, self.fer.cam_layer, x)
+        if self.saliency and points01 is not None and hasattr(self.fer, "cam_layer"):
+            logits, cam = grad_cam(lambda inp: logits_of(self.fer(inp, *args)),
+                                   self.fer.cam_layer, x)
             sal = region_summary(cam.float().cpu().numpy(), points01)
         else:
             with torch.inference_mode():
-                logits = self.fer(x)
+                out = self.fer(x, *args)
+            logits = logits_of(out)
+            key = extra.get("saliency_output")
+            if self.saliency and points01 is not None and key and isinstance(out, dict):
+                sal = region_summary(out[key][:, 0].float().cpu().numpy(), points01)
         probs = torch.softmax(logits.float(), -1).cpu().numpy().astype(np.float32)
         au = None
         if self.au is not None:

@@ -26,7 +26,7 @@ AU04    inner-brow gap (107-336) + inner brow height                shrinks  0.1
 AU05    eyelid aperture (159-145, 386-374)                          yes      0.06         blinks read as 0
 AU06    eyelid aperture (cheek pushes lower lid up), only while     shrinks  0.05         conflated with AU07
         lip corners rise (AU12 > 0); else 0
-AU09    nose-wing (R 129, L 358) up toward inner eye corner         shrinks  0.06         no wrinkle texture
+AU09    nose-wing (R 129, L 358) up toward inner eye corner         shrinks  0.06         big smiles lift it
 AU12    lip-corner (61/291) height relative to lip centre (0,17)    yes      0.12         head pitch biases
         plus mouth width (61-291)
 AU15    lip-corner drop below the lip centre line                   yes      0.08         mirror of AU12

@@ -8,6 +8,8 @@ each region of :data:`operators.records.FACE_REGIONS`, averaged.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -29,7 +31,7 @@ _ALL_IDX = np.concatenate([np.array(REGION_POINTS[r]) for r in FACE_REGIONS])
 _SPLITS = np.cumsum([len(REGION_POINTS[r]) for r in FACE_REGIONS])[:-1]
 
 
-def grad_cam(model: nn.Module, layer: nn.Module, x: torch.Tensor,
+def grad_cam(model: Callable[[torch.Tensor], torch.Tensor], layer: nn.Module, x: torch.Tensor,
              target: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Batched Grad-CAM.
 

@@ -200,14 +200,14 @@ def timeline(
             w.writeheader()
             w.writerows(rows)
     elif fmt == "table":
-        labels = list(pts[0].emotion_probs)
-        t = Table("time (s)", "track", "emotion", *[f"p_{k[:4]}" for k in labels],
-                  "top AUs (0–5)", title=f"{session}: {len(pts)} points")
+        t = Table("time (s)", "track", "emotion", "probabilities (top 3)", "top AUs (0–5)",
+                  title=f"{session}: {len(pts)} points", title_justify="left")
         for p in pts:
+            top = sorted(p.emotion_probs.items(), key=lambda kv: -kv[1])[:3]
             aus = sorted(p.au_intensity.items(), key=lambda kv: -kv[1])[:3]
             t.add_row(f"{p.pts_ms / 1000:.2f}", str(p.track_id), p.emotion,
-                      *[f"{p.emotion_probs[k]:.2f}" for k in labels],
-                      " ".join(f"{k}={v:.1f}" for k, v in aus if v > 0.05) or "-")
+                      " ".join(f"{k[:4]} {v:.2f}" for k, v in top),
+                      " ".join(f"{k} {v:.1f}" for k, v in aus if v >= 0.05) or "-")
         out.print(t)
     else:
         fail(f"unknown --format {fmt!r} (table, csv, json)")
@@ -326,6 +326,21 @@ def bench(
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(res, indent=2))
         console.print(f"results written to {json_path}")
+
+
+# ------------------------------------------------------------------------- mounted sub-commands
+
+def _mount() -> None:
+    from pipeline.cli_analyze import analyze_app
+    from pipeline.cli_kafka import kafka_cli
+    from pipeline.cli_train import train_cli
+
+    app.add_typer(analyze_app, name="analyze")
+    for sub in (kafka_cli, train_cli):  # publish, serve, train, eval as top-level commands
+        app.registered_commands.extend(sub.registered_commands)
+
+
+_mount()
 
 
 def main() -> None:  # pragma: no cover

@@ -49,6 +49,14 @@ def test_two_sources_share_inference_and_rerun_adds_nothing(ray_session, redis_u
             "brows", "eyes", "nose", "cheeks", "mouth", "jaw"}
         assert 0 <= p.bbox_xyxy[0] < p.bbox_xyxy[2] <= 640
 
+    # the person in single_face.mp4 breaks into a broad smile: the last second reads happiness
+    # with lip corners pulled (AU12) and lips parted (AU25)
+    last = [p for p in pts if p.pts_ms >= pts[-1].pts_ms - 1000]
+    assert all(p.emotion == "happiness" for p in last)
+    assert min(p.au_intensity["AU12"] for p in last) > 2.0
+    assert min(p.au_intensity["AU25"] for p in last) > 2.0
+    assert pts[0].emotion != "happiness" or pts[0].emotion_probs["happiness"] < 0.5
+
     # noface_face.mov: the face enters part-way; every frame with a face -> exactly one point
     pb = store.timeline("e2e-b")
     assert 0 < b.frames_with_faces < b.frames
