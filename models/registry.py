@@ -127,7 +127,10 @@ def create_model(name: str, weights: str | Path | None = "default", **kwargs: An
         if card.weights is not None:
             from models.weights import load_state_dict
 
-            model.load_state_dict(load_state_dict(card.weights))
+            try:
+                model.load_state_dict(load_state_dict(card.weights))
+            except RuntimeError:  # a stale cached conversion from older code: convert again
+                model.load_state_dict(load_state_dict(card.weights, refresh=True))
     elif weights is not None:
         path = Path(weights)
         if not path.is_file():

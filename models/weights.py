@@ -206,8 +206,11 @@ def converted_path(name: str) -> Path:
     return cache_dir() / "torch" / f"{name}.pt"
 
 
-def load_state_dict(name: str) -> dict[str, torch.Tensor]:
+def load_state_dict(name: str, refresh: bool = False) -> dict[str, torch.Tensor]:
     """Torch state_dict ``name``, converting from the pinned raw files on first use.
+
+    ``refresh=True`` ignores the cached conversion and converts again (used when a cached file no
+    longer fits the module, e.g. after a code update changed parameter names).
 
     Raises:
         KeyError: no converter of that name.
@@ -218,7 +221,7 @@ def load_state_dict(name: str) -> dict[str, torch.Tensor]:
     if name not in _CONVERTERS:
         raise KeyError(f"no weights named {name!r}; known: {', '.join(sorted(_CONVERTERS))}")
     path = converted_path(name)
-    if path.is_file():
+    if path.is_file() and not refresh:
         return torch.load(path, map_location="cpu", weights_only=True)
     sd = _CONVERTERS[name]()
     path.parent.mkdir(parents=True, exist_ok=True)

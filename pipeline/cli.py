@@ -20,8 +20,8 @@ app = typer.Typer(help="Facial-affect analytics on video: faces in, per-face emo
                   "timelines out in Redis.", no_args_is_help=True, pretty_exceptions_enable=False)
 models_app = typer.Typer(help="Pretrained weights and the model registry.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+out = Console(width=None if sys.stdout.isatty() else 160)  # pipes/files: don't squeeze tables
 
 
 def fail(msg: str, code: int = 1) -> None:
@@ -248,7 +248,10 @@ def models_fetch() -> None:
 
 
 @models_app.command("list")
-def models_list(details: bool = typer.Option(False, help="Params, FLOPs, CPU latency.")) -> None:
+def models_list(
+    details: bool = typer.Option(False, help="Params, FLOPs, CPU latency."),
+    batch: list[int] = typer.Option([1, 32], help="Batch sizes timed with --details."),
+) -> None:
     """List registered models (with --details: params, FLOPs, CPU latency at batch 1 and 32)."""
     from models import get_card, list_models
     from models.weights import converted_path
@@ -260,18 +263,18 @@ def models_list(details: bool = typer.Option(False, help="Params, FLOPs, CPU lat
 
         t.add_column("params")
         t.add_column("GFLOPs/face")
-        t.add_column("CPU ms b=1")
-        t.add_column("CPU ms b=32")
+        for b in batch:
+            t.add_column(f"CPU ms b={b}")
     for n in names:
         c = get_card(n)
         w = "-" if c.weights is None else (
             "cached" if converted_path(c.weights).is_file() else "not fetched")
         row = [n, c.task, f"{c.input_size[0]}x{c.input_size[1]}", str(len(c.label_names)), w]
         if details:
-            d = describe(n)
+            d = describe(n, batch_sizes=tuple(batch))
             lat = d.get("latency_ms", {})
-            row += [f"{d['params']:,}", f"{d['flops'] / 1e9:.3f}",
-                    f"{lat.get(1, float('nan')):.1f}", f"{lat.get(32, float('nan')):.1f}"]
+            row += [f"{d['params']:,}", f"{d['flops'] / 1e9:.3f}"]
+            row += [f"{lat.get(b, float('nan')):.1f}" for b in batch]
         t.add_row(*row)
     out.print(t)
 
