@@ -203,7 +203,8 @@ def _options(name: str, t: _Table | None) -> dict[str, Any]:
     if name == "CONCATENATION":
         return {"axis": t.scalar(0, "i"), "activation": _ACTIVATION.get(t.scalar(1, "b"))}
     if name == "RESIZE_BILINEAR":
-        return {"align_corners": bool(t.scalar(2, "b")), "half_pixel_centers": bool(t.scalar(3, "b"))}
+        return {"align_corners": bool(t.scalar(2, "b")),
+                "half_pixel_centers": bool(t.scalar(3, "b"))}
     return {}
 
 

@@ -38,7 +38,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from operators.records import TimelinePoint
-from pipeline import metrics
+from pipeline import metrics, metrics_agg  # noqa: F401  (metrics: registers the families)
 from pipeline.envelope import SESSION_ID_PATTERN
 from pipeline.redis_store import Keys, TimelineStore, TrackSummary, connect
 
@@ -316,7 +316,9 @@ def create_app(redis_url: str | None = None, prefix: str = "affect",
              responses={200: {"content": {"text/plain": {}},
                               "description": "Prometheus text exposition format."}})
     def metrics_endpoint() -> Response:
-        body, ctype = metrics.render()
+        """This process's metrics plus the cluster-wide totals the Kafka consumer actors push
+        to Redis (:mod:`pipeline.metrics_agg`)."""
+        body, ctype = metrics_agg.render_merged(client, prefix)
         return Response(body, media_type=ctype)
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_token)], tags=["sessions"],
@@ -523,18 +525,31 @@ try:  # Ray is a dependency, but keep create_app usable where it cannot be impor
 except ImportError:  # pragma: no cover
     serve = None  # type: ignore[assignment]
 
-_BUILD_ARGS = ("config", "redis_url", "redis_password", "key_prefix", "auth_token", "host",
-               "num_replicas", "num_cpus")
+_BUILD_ARGS = ("config", "config_json", "redis_url", "redis_password", "key_prefix",
+               "auth_token", "host", "bootstrap", "consumers", "ingest", "num_replicas",
+               "num_cpus")
 
 
 def _resolve(config: str | None, overrides: dict[str, Any]) -> Any:
-    from pipeline.config import load_config
+    """The replica's :class:`~pipeline.config.PipelineConfig`: ``overrides["config_json"]`` (a
+    whole config resolved elsewhere, e.g. by ``affectstream serve``) or the YAML ``config`` with
+    the environment applied, then the explicit overrides."""
+    from pipeline.config import PipelineConfig, _merge, load_config
 
-    return load_config(config, overrides={
+    explicit = {
         "redis": {"url": overrides.get("redis_url"),
                   "password": overrides.get("redis_password"),
                   "key_prefix": overrides.get("key_prefix")},
-        "api": {"host": overrides.get("host"), "auth_token": overrides.get("auth_token")}})
+        "api": {"host": overrides.get("host"), "auth_token": overrides.get("auth_token")},
+        "kafka": {"bootstrap": overrides.get("bootstrap"),
+                  "consumers": overrides.get("consumers")}}
+    if overrides.get("config_json"):
+        if config:
+            raise ApiConfigError("give build_app either config or config_json, not both")
+        base = PipelineConfig.model_validate_json(overrides["config_json"]).model_dump()
+        clean = {s: {k: v for k, v in d.items() if v is not None} for s, d in explicit.items()}
+        return PipelineConfig.model_validate(_merge(base, clean))
+    return load_config(config, overrides=explicit)
 
 
 if serve is not None:
@@ -562,13 +577,20 @@ if serve is not None:
 
 
 def build_app(args: dict[str, Any] | None = None) -> Any:
-    """Ray Serve application builder (``import_path: pipeline.api:build_app``).
+    """Ray Serve application builder (``import_path: pipeline.api:build_app``): the whole service.
+
+    The application's ingress is ``QueryAPI``; unless ``ingest`` is false it also holds the
+    ``Inference`` deployment and ``kafka.consumers`` replicas of ``KafkaIngest``, the Kafka
+    consumers (:mod:`pipeline.service`), so a RayService that runs only this application runs
+    the whole pipeline.
 
     Args:
-        args: optional ``config`` (YAML path or preset for :func:`pipeline.config.load_config`),
-            ``redis_url``, ``redis_password``, ``key_prefix``, ``auth_token``, ``host`` (the
-            address the Serve HTTP proxy binds; non-loopback needs a token), ``num_replicas``,
-            ``num_cpus`` (per replica).
+        args: optional ``config`` (YAML path or preset for :func:`pipeline.config.load_config`)
+            or ``config_json`` (a complete config as JSON), ``redis_url``, ``redis_password``,
+            ``key_prefix``, ``auth_token``, ``host`` (the address the Serve HTTP proxy binds;
+            non-loopback needs a token), ``bootstrap`` (Kafka), ``consumers``, ``ingest``
+            (default true; false = the query API alone), ``num_replicas`` and ``num_cpus`` (of
+            ``QueryAPI``).
 
     Returns:
         ``serve.Application``.
@@ -583,6 +605,9 @@ def build_app(args: dict[str, Any] | None = None) -> Any:
     if unknown:
         raise ApiConfigError(f"unknown build_app args {unknown}; known: {list(_BUILD_ARGS)}")
     config = args.pop("config", None)
+    ingest = args.pop("ingest", True)
+    if isinstance(ingest, str):
+        ingest = ingest.strip().lower() not in ("0", "false", "no", "off", "")
     cfg = _resolve(config, args)  # validates early, in the caller's environment
     check_bind(cfg.api.host, cfg.api.auth_token)
     opts: dict[str, Any] = {}
@@ -591,4 +616,9 @@ def build_app(args: dict[str, Any] | None = None) -> Any:
     if args.get("num_cpus") is not None:
         opts["ray_actor_options"] = {"num_cpus": float(args["num_cpus"])}
     overrides = {k: v for k, v in args.items() if k not in ("num_replicas", "num_cpus")}
-    return QueryAPI.options(**opts).bind(config, overrides)
+    handles: dict[str, Any] = {}
+    if ingest:
+        from pipeline.service import service_deployments
+
+        handles = service_deployments(cfg, config, overrides)
+    return QueryAPI.options(**opts).bind(config, overrides, **handles)

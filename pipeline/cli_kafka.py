@@ -1,9 +1,9 @@
-"""``affectstream publish``: send a video file or RTSP stream to Kafka as envelope-v1 frames.
+"""``affectstream publish`` (video -> Kafka frames) and ``affectstream serve`` (the service).
 
-Mount with ``app.add_typer(kafka_cli)`` (no name: ``publish`` becomes a top-level command).
+Mount the commands of ``kafka_cli`` on the main app (they become top-level commands).
 
-Exit codes: 0 done; 2 the source is missing or unreadable (or a bad option); 3 the broker is
-unreachable or did not acknowledge frames.
+Exit codes: 0 done; 1 Redis unreachable; 2 the source is missing or unreadable, a bad option or
+configuration; 3 the broker is unreachable or did not acknowledge frames.
 """
 
 from __future__ import annotations
@@ -82,6 +82,68 @@ def publish_cmd(
                f"{stats.width}x{stats.height} px) of session {stats.session_id} to "
                f"{cfg.topic} @ {cfg.bootstrap} in {stats.elapsed_s:.1f} s "
                f"({stats.frames_per_s:.0f} frames/s)")
+
+
+@kafka_cli.command("serve")
+def serve_cmd(
+    config: Annotated[str, typer.Option(
+        "--config", "-c", help="Config YAML or preset.")] = "service",
+    bootstrap: Annotated[str, typer.Option(
+        help="Kafka bootstrap host:port[,host:port] (overrides the config).")] = "",
+    redis_url: Annotated[str, typer.Option(
+        "--redis-url", help="redis://host:port/db (overrides the config; default: the "
+        "config's, else localhost:6379, else an embedded redis-server).")] = "",
+    port: Annotated[int, typer.Option(
+        min=0, max=65535, help="HTTP port of the query API (overrides the config).")] = 0,
+) -> None:
+    """Run the service: Kafka consumers + inference + Redis sink + HTTP query API.
+
+    Consumes ``kafka.topic`` as group ``kafka.group_id`` with ``kafka.consumers`` consumer
+    actors, writes timelines to Redis, serves /v1/..., /metrics, /healthz on api.host:port, and
+    runs until Ctrl-C / SIGTERM (then drains, checkpoints and commits).
+    """
+    from pydantic import ValidationError
+
+    from pipeline.api import ApiConfigError, check_bind
+    from pipeline.config import load_config
+    from pipeline.kafka_io import BrokerUnavailable, check_broker, client_kwargs
+    from pipeline.redis_server import RedisUnavailable, resolve_redis
+
+    try:
+        cfg = load_config(config or None, overrides={
+            "kafka": {"bootstrap": bootstrap or None}, "redis": {"url": redis_url or None},
+            "api": {"port": port or None}})
+        check_bind(cfg.api.host, cfg.api.auth_token)
+    except (FileNotFoundError, ValidationError, ValueError) as e:
+        _fail(2, f"bad configuration: {e}")
+    try:
+        url, how = resolve_redis(cfg.redis.url, cfg.redis.password)
+    except RedisUnavailable as e:
+        _fail(1, str(e))
+    k = cfg.kafka
+    ckw = {key: v for key, v in client_kwargs(k).items() if key != "bootstrap_servers"}
+    try:
+        check_broker(k.bootstrap, timeout_s=10.0, **ckw)
+    except BrokerUnavailable as e:
+        _fail(3, str(e))
+    cfg = cfg.model_validate({**cfg.model_dump(), "redis": {**cfg.redis.model_dump(),
+                                                            "url": url}})
+
+    def ready(svc) -> None:  # noqa: ANN001
+        _err.print(f"[bold]affectstream service[/] consuming [bold]{k.topic}[/] @ {k.bootstrap} "
+                   f"(group {k.group_id}, {k.consumers} consumer(s)); timelines in Redis {url} "
+                   f"({how}); API on {svc.url} (/v1/sessions, /metrics, /docs). "
+                   "Ctrl-C stops.", highlight=False, soft_wrap=True)
+
+    from pipeline.service import run_service
+
+    try:
+        run_service(cfg, on_ready=ready)
+    except ApiConfigError as e:
+        _fail(2, str(e))
+    except BrokerUnavailable as e:
+        _fail(3, str(e))
+    _err.print("service stopped (acknowledged offsets committed)")
 
 
 def _fail(code: int, msg: str) -> None:

@@ -83,6 +83,10 @@ def train(
     except TrainingInterrupted as e:
         console.print(str(e))
         raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        console.print(f"interrupted; continue with: affectstream train {recipe} --data {data} "
+                      f"--out {out} --resume", markup=False, soft_wrap=True)
+        raise typer.Exit(130) from None
     except (DatasetFormatError, FileNotFoundError, ValueError) as e:
         _fail(console, str(e))
     best = res["best"]

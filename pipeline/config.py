@@ -121,6 +121,21 @@ class KafkaConfig(_Frozen):
     consumers: int = Field(1, ge=1, description="Consumer actors splitting the partitions.")
     session_timeout_ms: int = Field(10000, ge=1000)
     heartbeat_interval_ms: int = Field(3000, ge=100)
+    max_poll_interval_ms: int = Field(
+        60000, ge=1000, description="Consumer group rebalance timeout (ms): how long a rebalance "
+        "waits for members to rejoin. The service polls continuously, so this does not bound "
+        "processing time.")
+    checkpoint_interval_ms: int = Field(
+        1000, ge=0, description="How often each session's tracker/smoother state is saved to "
+        "Redis (wall ms); offsets are committed up to the last checkpoint, so this bounds the "
+        "replay after a crash. 0 = after every frame.")
+    commit_interval_ms: int = Field(1000, ge=50, description="Offset commit period (ms).")
+    max_buffered_frames: int = Field(
+        256, ge=1, description="Frames one consumer holds in memory (polled, not yet written); "
+        "above this it pauses its partitions (backpressure).")
+    session_idle_s: float = Field(
+        120.0, gt=0, description="A session without frames this long is checkpointed, its "
+        "in-memory state freed and its status set to 'idle' (session TTL starts).")
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest image, bytes.")
     max_pixels: int = Field(4096 * 4096, ge=1, description="Largest image, pixels (w*h).")
     sasl_username: str | None = None

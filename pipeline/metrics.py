@@ -6,8 +6,8 @@ the client, units in the name (``_ms``). Other modules import the objects and in
 
 Note: prometheus_client metrics are per process. Under Ray every actor is its own process, so a
 counter incremented in a consumer actor shows up in *that* process's registry, not in the API
-replica's ``/metrics``; export from actors through ``ray.util.metrics`` (Ray's metrics agent) or
-expose each process's registry separately.
+replica's ``/metrics``. The Kafka consumer actors therefore push their registry to Redis
+(:mod:`pipeline.metrics_agg`), and ``/metrics`` renders the cluster-wide totals from there.
 """
 
 from __future__ import annotations
@@ -37,6 +37,14 @@ BATCH_SIZE = Histogram(
 STAGE_LATENCY_MS = Histogram(
     "affectstream_stage_latency_ms", "Wall time of one stage call, milliseconds.", ["stage"],
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000))
+CHECKPOINTS = Counter(
+    "affectstream_session_checkpoints",
+    "Per-session tracker/smoother state checkpoints written to Redis by Kafka consumers.")
+REPLAY_SKIPPED = Counter(
+    "affectstream_frames_replay_skipped",
+    "Re-delivered Kafka frames skipped because a session checkpoint already covers them.")
+SESSIONS_ACTIVE = Gauge(
+    "affectstream_sessions_active", "Sessions with in-memory state in Kafka consumers.")
 CONSUMER_LAG = Gauge(
     "affectstream_consumer_lag_messages",
     "Kafka messages behind the partition end (approximate on brokers whose end offsets are).",

@@ -30,14 +30,22 @@ class TinyFER(nn.Module):
         return {"logits": self.fc(self.drop(self.features(x)))}
 
 
-if TINY not in _REGISTRY:
-    @register_model(ModelCard(name=TINY, task="expression", input_size=(32, 32), color="gray",
-                              mean=(0.5,), std=(0.5,), alignment="bbox",
-                              label_names=("anger", "disgust", "fear", "happiness", "sadness",
-                                           "surprise", "neutral"),
-                              paper="test model", licence="test"))
-    def tiny_fer_test(num_classes: int = 7) -> TinyFER:
-        return TinyFER(num_classes)
+def tiny_fer_test(num_classes: int = 7) -> TinyFER:
+    return TinyFER(num_classes)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tiny_model():
+    """Register the tiny test model for the training tests only (registry-driven tests of
+    models/ never see it: it is removed again at the end of the session)."""
+    if TINY not in _REGISTRY:
+        register_model(ModelCard(name=TINY, task="expression", input_size=(32, 32), color="gray",
+                                 mean=(0.5,), std=(0.5,), alignment="bbox",
+                                 label_names=("anger", "disgust", "fear", "happiness", "sadness",
+                                              "surprise", "neutral"),
+                                 paper="test model", licence="test"))(tiny_fer_test)
+    yield TINY
+    _REGISTRY.pop(TINY, None)
 
 
 @pytest.fixture(scope="session", autouse=True)

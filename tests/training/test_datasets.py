@@ -51,7 +51,8 @@ def test_rafdb_reads_labels_landmarks_attributes(rafdb) -> None:
         np.testing.assert_allclose(s["landmarks"], exp["landmarks"], atol=1e-5)
         np.testing.assert_allclose(s["bbox_xyxy"], exp["bbox"], atol=1e-5)
         assert s["attributes"] == exp["attributes"]
-        np.testing.assert_array_equal(s["image"], _decoded(root / "Image/original" / f"{s['id']}.jpg"))
+        np.testing.assert_array_equal(
+            s["image"], _decoded(root / "Image/original" / f"{s['id']}.jpg"))
     test = RafDB(root, "test", image="aligned")
     assert [s["id"] for s in (test[i] for i in range(len(test)))] == [
         "test_0001", "test_0002", "test_0003", "test_0004"]

@@ -181,12 +181,13 @@ NO_AUG = {"augment.rotation_deg": 0, "augment.scale": [1, 1], "augment.shift_fra
           "augment.saturation": 0}
 # Adam for the from-scratch FER models: SGD 0.01 needs far more than a few epochs to memorise
 OVERFIT = {
-    "ampnet_rafdb": {"stages.*.optim.name": "adam", "stages.*.optim.lr": 1e-3, "stages.*.epochs": 6},
+    "ampnet_rafdb": {"stages.*.optim.name": "adam", "stages.*.optim.lr": 1e-3,
+                     "stages.*.epochs": 5},
     "dsan_rafdb_two_stage": {"stages.*.optim.name": "adam", "stages.*.optim.lr": 1e-3,
                              "stages.*.epochs": 4},
     "saliency_fer_rafdb": {"stages.*.optim.name": "adam", "stages.*.optim.lr": 1e-3,
                            "stages.*.epochs": 5},
-    "dsrfau_disfa_teacher": {"stages.*.epochs": 6},
+    "dsrfau_disfa_teacher": {"stages.*.epochs": 5},
     "dsrfau_disfa_student_kd": {"stages.*.optim.lr": 2e-3, "stages.*.epochs": 5},
     "saliency_cnn_cat2000": {"stages.*.optim.lr": 1e-3, "stages.*.epochs": 5},
 }

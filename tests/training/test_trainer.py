@@ -125,3 +125,39 @@ def test_non_finite_loss_names_samples(fer2013_root: Path, tmp_path: Path) -> No
     r = tiny_recipe(**{"stages.0.optim.lr": 1e30, "stages.0.optim.momentum": 0.0})
     with pytest.raises(RuntimeError, match=r"non-finite loss .* samples \['fer"):
         Trainer(r, fer2013_root, tmp_path, device="cpu", progress=False).fit()
+
+
+def test_ctrl_c_stops_cleanly_and_resumes_exactly(fer2013_root: Path, tmp_path: Path,
+                                                  monkeypatch) -> None:
+    import os
+    import signal
+
+    import training.trainer as T
+
+    r = tiny_recipe()
+    Trainer(r, fer2013_root, tmp_path / "full", device="cpu", progress=False).fit()
+    real_make_task = T.make_task
+    calls = {"n": 0}
+
+    def make_task(*a, **k):
+        task = real_make_task(*a, **k)
+        loss = task.loss
+
+        def interrupted_loss(model, batch):
+            calls["n"] += 1
+            if calls["n"] == 7:  # 5 steps + 1 eval batch, then Ctrl-C inside step 6 (epoch 2)
+                os.kill(os.getpid(), signal.SIGINT)
+            return loss(model, batch)
+
+        task.loss = interrupted_loss
+        return task
+
+    monkeypatch.setattr(T, "make_task", make_task)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(r, fer2013_root, tmp_path / "cut", device="cpu", progress=False).fit()
+    ck = read_checkpoint(tmp_path / "cut/last.pt")
+    assert (ck["global_step"], ck["epoch"], ck["step_in_epoch"]) == (6, 1, 1)  # step finished
+    monkeypatch.setattr(T, "make_task", real_make_task)
+    Trainer(r, fer2013_root, tmp_path / "cut", device="cpu", progress=False).fit(resume=True)
+    wf, wr = _weights(tmp_path / "full/last.pt"), _weights(tmp_path / "cut/last.pt")
+    assert all(torch.equal(wf[k], wr[k]) for k in wf)
