@@ -238,3 +238,14 @@ def kafka_broker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
             proc.kill()
             proc.wait(5)
         log.close()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_torch_thread():
+    """In-process torch runs on one thread: on a shared 2-core machine more threads contend."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

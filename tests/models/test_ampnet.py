@@ -9,13 +9,6 @@ from models import create_model, get_card
 from models.ampnet import TEMPLATE_5PT_224, crop_patches, landmark_boxes
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _px(c: float) -> float:
     """Input pixel (224 px, pixel centres at integers) whose feature edge coordinate is ``c``

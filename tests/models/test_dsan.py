@@ -9,13 +9,6 @@ from models import create_model, get_card
 from models.dsan import AGE_GROUP_LABELS, GENDER_LABELS, RACE_LABELS
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def test_outputs_ensemble_and_attention_maps():
     model = create_model("dsan", weights=None)

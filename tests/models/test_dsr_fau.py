@@ -12,13 +12,6 @@ from models.dsr_fau import (AU_POINT_RULES, au_points_from_landmarks, decode_hea
 from models.profile import count_flops, count_params, example_inputs
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _separated_points(b: int, a: int, g: torch.Generator) -> torch.Tensor:
     """Two sub-pixel points per AU, inside [4, 59] and at least 8 px apart."""

@@ -9,13 +9,6 @@ from models import create_model, get_card
 from models.profile import count_flops, describe, describe_all, example_inputs
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.mark.parametrize("name", ["dsr_fau_student", "dsan"])
 def test_describe_matches_the_module(name):

@@ -24,16 +24,6 @@ GRAD_SIZE = {"ampnet": (112, 112), "dsan": (112, 112), "saliency_fer": (112, 112
              "dsr_fau_student": (128, 128)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # The test machine's cores are shared; one intra-op thread avoids OpenMP spin contention
-    # (measured ~5x faster here than 2 threads under load). Restored afterwards.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _build(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
     return create_model(name, weights=None)

@@ -10,13 +10,6 @@ from models.saliency_cnn import (DoGModule, multi_indicator_saliency_loss, salie
                                  saliency_kld, saliency_nss)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _blob(cx: float, cy: float, h: int = 30, w: int = 40, s: float = 3.0) -> torch.Tensor:
     ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from models.weights import artifact_path
@@ -14,13 +13,6 @@ from pipeline.cli_analyze import analyze_app
 PHOTOS = [("0-f1-su-ph.jpg", "surprise"), ("0-f15-hao-ph.jpg", "happiness"),
           ("15-f13-anc-ph.jpg", "anger"), ("45-m7-di-ph.jpg", "disgust")]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture()

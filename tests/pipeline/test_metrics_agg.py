@@ -73,6 +73,7 @@ def test_redis_down_still_renders_local_values():
 
     reg, c, _, _ = _registry()
     c.labels(kind="x").inc()
-    dead = redis.Redis(port=free_port(), socket_connect_timeout=0.5, decode_responses=True)
+    dead = redis.Redis(port=free_port(), socket_connect_timeout=0.5, socket_timeout=0.5,
+                       retry=None, decode_responses=True)
     text = metrics_agg.render_merged(dead, registry=reg)[0].decode()
     assert "affectstream_things_total" in text

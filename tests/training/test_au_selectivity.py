@@ -22,13 +22,6 @@ PROBE_CARD = ModelCard(name="probe", task="backbone", input_size=(48, 48), color
                        mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 class Probe(nn.Module):
     """Random 3x3 conv features, except channel 5 = G - (R + B) / 2 (a green detector)."""
