@@ -175,8 +175,6 @@ class FaceAnalyzer:
         s = torch.tensor(card.std, device=self.device).view(1, -1, 1, 1)
         x = (x - m) / s
         out = self.au(x.half() if self.half else x)
-        if isinstance(out, dict):
-            out = out["intensity"]
-        elif isinstance(out, (tuple, list)):
-            out = out[-1]
+        if isinstance(out, dict):  # e.g. DSR-FAU: {"heatmaps", "au_intensity", "features"}
+            out = out[card.extra.get("output", "au_intensity")]
         return out.float().clamp(0, 5).cpu().numpy().astype(np.float32)

@@ -95,6 +95,8 @@ def serve_cmd(
         "config's, else localhost:6379, else an embedded redis-server).")] = "",
     port: Annotated[int, typer.Option(
         min=0, max=65535, help="HTTP port of the query API (overrides the config).")] = 0,
+    connect_timeout: Annotated[float, typer.Option(
+        min=0.1, help="Seconds to wait for the broker at start.")] = 10.0,
 ) -> None:
     """Run the service: Kafka consumers + inference + Redis sink + HTTP query API.
 
@@ -123,7 +125,7 @@ def serve_cmd(
     k = cfg.kafka
     ckw = {key: v for key, v in client_kwargs(k).items() if key != "bootstrap_servers"}
     try:
-        check_broker(k.bootstrap, timeout_s=10.0, **ckw)
+        check_broker(k.bootstrap, timeout_s=connect_timeout, **ckw)
     except BrokerUnavailable as e:
         _fail(3, str(e))
     cfg = cfg.model_validate({**cfg.model_dump(), "redis": {**cfg.redis.model_dump(),

@@ -195,7 +195,7 @@ class KafkaStream:
         self._abort = False
         self._fatal: BaseException | None = None
         self._paused = False
-        self.latencies_ms: collections.deque[float] = collections.deque(maxlen=200_000)
+        self.frame_log: collections.deque[tuple] | None = None  # see record_frames()
         self.totals: collections.Counter[str] = collections.Counter()
         self.state = "starting"
 
@@ -597,7 +597,9 @@ class KafkaStream:
         if self.results is not None and points:
             self._produce(s, points)
         e2e = now * 1000 - tracked.ts_ms
-        self.latencies_ms.append(e2e)
+        if self.frame_log is not None:
+            self.frame_log.append((s.sid, tracked.ts_ms, round(e2e, 3), len(points),
+                                   {k: round(v, 3) for k, v in timings.items()}))
         s.counts["frames"] += 1
         s.counts["points"] += wr.written
         s.counts["duplicates"] += wr.duplicates
@@ -679,8 +681,14 @@ class KafkaStream:
         for p in self._pools.values():
             p.shutdown(wait=False)
 
-    def stats(self, latencies: bool = False) -> dict[str, Any]:
-        """Counters of this consumer (JSON-able): state, partitions, totals, per session."""
+    def record_frames(self, n: int) -> None:
+        """Keep a log of the last ``n`` frames written (0 = stop): ``(session_id, ts_ms,
+        publish-to-Redis ms, points, {stage: ms})`` each, for benchmarks (:meth:`stats`)."""
+        self.frame_log = collections.deque(maxlen=n) if n > 0 else None
+
+    def stats(self, frames: bool = False) -> dict[str, Any]:
+        """Counters of this consumer (JSON-able): state, partitions, totals, per session; with
+        ``frames`` also the frame log of :meth:`record_frames`."""
         c = self.consumer
         out: dict[str, Any] = {
             "instance": self.instance, "state": self.state,
@@ -691,8 +699,8 @@ class KafkaStream:
         if c is not None:
             out.update(polled=c.stats.polled, dead_lettered=c.stats.dead_lettered
                        + self.totals["dead_lettered"], commits=c.stats.commits)
-        if latencies:
-            out["latencies_ms"] = list(self.latencies_ms)
+        if frames:
+            out["frames_log"] = list(self.frame_log or ())
         return out
 
 
@@ -726,9 +734,12 @@ if serve is not None:
             from pipeline.api import _resolve
 
             cfg = _resolve(config, overrides or {})
-            ctx = ray.get_runtime_context()
-            self.actor_name = ctx.get_actor_name()
-            self.namespace = ctx.namespace
+            try:
+                from ray.serve._private.constants import SERVE_NAMESPACE
+            except ImportError:  # pragma: no cover
+                SERVE_NAMESPACE = "serve"  # noqa: N806
+            self.actor_name = ray.get_runtime_context().get_actor_name()
+            self.namespace = SERVE_NAMESPACE  # where Serve keeps its replica actors
             self.inference = inference
             self.worker = await asyncio.to_thread(
                 KafkaStream, cfg, cfg.redis.url or DEFAULT_REDIS_URL, self._infer)
@@ -738,10 +749,16 @@ if serve is not None:
         async def _infer(self, req: Any) -> Any:
             return await self.inference.remote(req)
 
-        async def stats(self, latencies: bool = False) -> dict[str, Any]:
-            """This replica's :meth:`KafkaStream.stats` plus its Ray actor name/namespace."""
-            return {**self.worker.stats(latencies), "actor_name": self.actor_name,
+        async def stats(self, frames: bool = False) -> dict[str, Any]:
+            """This replica's :meth:`KafkaStream.stats` plus its Ray actor name and namespace
+            (``ray.get_actor(name, namespace=...)`` finds it)."""
+            return {**self.worker.stats(frames), "actor_name": self.actor_name,
                     "namespace": self.namespace}
+
+        async def record_frames(self, n: int) -> dict[str, Any]:
+            """:meth:`KafkaStream.record_frames`; returns ``{"actor_name": ...}``."""
+            self.worker.record_frames(n)
+            return {"actor_name": self.actor_name}
 
         async def check_health(self) -> None:
             if self.task.done():
@@ -796,16 +813,22 @@ class Service:
     def ingest_handle(self) -> Any:
         return serve.get_deployment_handle("KafkaIngest", app_name=self.app_name)
 
-    def stats(self, latencies: bool = False, timeout_s: float = 30.0) -> list[dict[str, Any]]:
-        """:meth:`KafkaIngest.stats` of every consumer replica (Serve routes each call to one
-        replica, so this calls until every replica answered or ``timeout_s`` passed)."""
+    def call_consumers(self, method: str, *args: Any, timeout_s: float = 30.0
+                       ) -> list[dict[str, Any]]:
+        """Call a :class:`KafkaIngest` method on every consumer replica. Serve routes each call
+        to one replica, so this calls until every replica answered (told apart by
+        ``actor_name``) or ``timeout_s`` passed."""
         h = self.ingest_handle()
         seen: dict[str, dict] = {}
         deadline = time.monotonic() + timeout_s
         while len(seen) < self.cfg.kafka.consumers and time.monotonic() < deadline:
-            r = h.stats.remote(latencies).result(timeout_s=timeout_s)
+            r = getattr(h, method).remote(*args).result(timeout_s=timeout_s)
             seen[r["actor_name"]] = r
         return list(seen.values())
+
+    def stats(self, frames: bool = False, timeout_s: float = 30.0) -> list[dict[str, Any]]:
+        """:meth:`KafkaIngest.stats` of every consumer replica."""
+        return self.call_consumers("stats", frames, timeout_s=timeout_s)
 
     def stop(self) -> None:
         """Delete the application: consumers drain, checkpoint, commit and leave the group."""

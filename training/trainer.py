@@ -358,7 +358,9 @@ class Trainer:
         except ImportError:
             log.warning("tensorboard not installed: no TensorBoard logs (pip install tensorboard)")
             return None
-        return SummaryWriter(str(self.out / "tb"), purge_step=self.global_step or None)
+        # on resume, drop events logged after the checkpoint (they will be logged again)
+        return SummaryWriter(str(self.out / "tb"),
+                             purge_step=self.global_step + 1 if self.global_step else None)
 
     # ---------------------------------------------------------------------------- evaluate
 

@@ -61,18 +61,19 @@ def expected_points(base_stage, msgs: Iterable[Message]) -> set[tuple[int, int]]
         torch.set_num_threads(threads)
 
 
-def produce(bootstrap: str, topic: str, msgs: Iterable[Message]) -> int:
-    """Send and flush; returns the count."""
+def produce(bootstrap: str, topic: str, msgs: Iterable[Message]) -> dict[int, int]:
+    """Send and flush; returns ``{partition: end offset}`` (one past its last message)."""
     from pipeline.kafka_io import make_producer
 
     p = make_producer(bootstrap)
-    n = 0
-    for k, v, h in msgs:
-        p.send(topic, key=k, value=v, headers=h)
-        n += 1
+    futs = [p.send(topic, key=k, value=v, headers=h) for k, v, h in msgs]
     p.flush(30)
+    ends: dict[int, int] = {}
+    for f in futs:
+        md = f.get(timeout=30)
+        ends[md.partition] = max(ends.get(md.partition, 0), md.offset + 1)
     p.close(5)
-    return n
+    return ends
 
 
 def stored_points(r, sid: str) -> list[tuple[int, int]]:

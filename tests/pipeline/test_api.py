@@ -269,6 +269,27 @@ def test_build_app_checks_args_and_bind(monkeypatch, redis_url):
     app = build_app({"config": "service", "redis_url": redis_url, "host": "0.0.0.0",
                      "auth_token": "t", "num_replicas": 2})
     assert type(app).__name__ == "Application"
+    with pytest.raises(ApiConfigError, match="either config or config_json"):
+        build_app({"config": "service", "config_json": "{}"})
+
+
+def test_build_app_is_the_whole_service_unless_ingest_is_off(redis_url):
+    from ray.serve._private.build_app import build_app as build_serve_app
+
+    from pipeline.config import load_config
+
+    def deployments(args):
+        return {d.name: d for d in build_serve_app(build_app(args), name="a").deployments}
+
+    full = deployments({"config": "service", "redis_url": redis_url, "consumers": 3,
+                        "bootstrap": "kafka:9092"})
+    assert set(full) == {"QueryAPI", "Inference", "KafkaIngest"}
+    assert full["KafkaIngest"].num_replicas == 3  # one replica per consumer
+    assert set(deployments({"redis_url": redis_url, "ingest": False})) == {"QueryAPI"}
+    # a resolved config travels whole (as `affectstream serve` passes it)
+    cfg = load_config("service", overrides={"kafka": {"consumers": 2}})
+    d = deployments({"config_json": cfg.model_dump_json(), "redis_url": redis_url})
+    assert d["KafkaIngest"].num_replicas == 2
 
 
 def test_redis_down_is_503(data):
@@ -300,7 +321,8 @@ def test_serve_ingress_answers_over_http(redis_url, data):
     ray.init(num_cpus=1, include_dashboard=False, _temp_dir=tmp, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app({"redis_url": redis_url}), name="query", route_prefix="/")
+        serve.run(build_app({"redis_url": redis_url, "ingest": False}), name="query",
+                  route_prefix="/")
         deadline = time.monotonic() + 60
         while True:
             try:

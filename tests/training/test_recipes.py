@@ -145,6 +145,11 @@ def test_train_refuses_to_overwrite_and_resumes(one_epoch: dict, roots: dict) ->
     res = runner.invoke(train_cli, args(2) + ["--resume"])
     assert res.exit_code == 0, res.output
     assert len(list(csv.DictReader(open(d / "metrics.csv")))) == 2
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(d / "tb"))
+    ea.Reload()
+    assert [e.step for e in ea.Scalars("train/loss")] == [1, 2, 3, 4]  # none lost, none twice
 
 
 def test_train_reports_a_missing_dataset_file(tmp_path: Path) -> None:
