@@ -125,6 +125,10 @@ class KafkaConfig(_Frozen):
         60000, ge=1000, description="Consumer group rebalance timeout (ms): how long a rebalance "
         "waits for members to rejoin. The service polls continuously, so this does not bound "
         "processing time.")
+    fetch_max_wait_ms: int = Field(
+        20, ge=0, le=10000, description="Longest the broker holds a consumer's fetch waiting "
+        "for new data (ms). It bounds the Kafka part of the publish-to-Redis latency; the "
+        "client default (500) adds up to a quarter second on an idle-then-busy topic.")
     checkpoint_interval_ms: int = Field(
         1000, ge=0, description="How often each session's tracker/smoother state is saved to "
         "Redis (wall ms); offsets are committed up to the last checkpoint, so this bounds the "

@@ -84,6 +84,9 @@ class _Item:
     stage_blob: bytes      # face-track state right after this frame (for a checkpoint)
 
 
+_COUNTS = ("frames", "points", "duplicates", "skipped", "checkpoints", "errors")
+
+
 class _Session:
     """In-memory state of one session in one consumer."""
 
@@ -103,9 +106,11 @@ class _Session:
         self.last_ckpt = time.monotonic()
         self.last_frame_at = time.monotonic()
         self.results_unflushed = False
+        self.received: dict[int, float] = {}  # offset -> epoch s when polled
         self.dead = False
         self.task: asyncio.Task | None = None
-        self.counts: collections.Counter[str] = collections.Counter()
+        # keys fixed up front: stats() may copy it while the sink thread increments
+        self.counts: collections.Counter[str] = collections.Counter(dict.fromkeys(_COUNTS, 0))
 
 
 def point_json(p: Any) -> dict[str, Any]:
@@ -134,9 +139,9 @@ class KafkaStream:
     """One Kafka consumer of the service with per-session analysis state (module docstring).
 
     Plain Python around asyncio; :class:`KafkaIngest` runs one per Serve replica. Blocking work
-    runs on three single-thread executors: ``kafka`` (every call on the consumer, metrics push),
-    ``facetrack`` (detection, tracking, landmarks, crops) and ``sink`` (smoothing, Redis writes,
-    checkpoints, result produce).
+    runs on single-thread executors: ``kafka`` (every call on the consumer), ``facetrack``
+    (detection, tracking, landmarks, crops), ``sink`` (smoothing, Redis writes, checkpoints,
+    result produce) and ``metrics`` (the push to Redis).
 
     Args:
         cfg: configuration (``kafka``, ``redis``, ``detect``, ``track``, ``smooth``, ...).
@@ -147,8 +152,8 @@ class KafkaStream:
             or 1).
         consumer_kw: extra ``KafkaConsumer`` settings.
 
-    Raises:
-        redis.ConnectionError: Redis does not answer.
+    Redis or inference unreachable are retried with backoff (the session waits, nothing is
+    skipped); a broker that does not answer at start is retried until ``stop``.
     """
 
     def __init__(self, cfg: PipelineConfig, redis_url: str, infer: Infer, *,
@@ -174,8 +179,8 @@ class KafkaStream:
         self._base = FaceTrackStage.from_config(cfg)  # detector + landmarker shared by sessions
         self._base.warmup()
         rc = cfg.redis
+        # no PING here: Redis down at start is retried like Redis down later
         self.redis = connect(redis_url, rc.password, socket_timeout=10, socket_connect_timeout=5)
-        self.redis.ping()
         self.sink = RedisSink(self.redis, rc.key_prefix, rc.maxlen, rc.retention_ms,
                               rc.session_ttl_s)
         self.ckpts = CheckpointStore(
@@ -190,13 +195,15 @@ class KafkaStream:
         self._sessions: dict[str, _Session] = {}
         self._closing: dict[str, asyncio.Task] = {}
         self._pools = {name: concurrent.futures.ThreadPoolExecutor(1, f"ingest-{name}")
-                       for name in ("kafka", "facetrack", "sink")}
+                       for name in ("kafka", "facetrack", "sink", "metrics")}
+        self._push_fut: concurrent.futures.Future | None = None
         self._pools["facetrack"].submit(torch.set_num_threads, threads).result()
         self._abort = False
         self._fatal: BaseException | None = None
         self._paused = False
         self.frame_log: collections.deque[tuple] | None = None  # see record_frames()
-        self.totals: collections.Counter[str] = collections.Counter()
+        self.totals: collections.Counter[str] = collections.Counter(
+            dict.fromkeys(_COUNTS + ("dead_lettered",), 0))
         self.state = "starting"
 
     # -- executors --
@@ -263,7 +270,8 @@ class KafkaStream:
     def _make_consumer(self) -> Any:
         from pipeline.kafka_io import FrameConsumer, make_producer
 
-        kw = {"max_poll_interval_ms": self.k.max_poll_interval_ms, **self._consumer_kw}
+        kw = {"max_poll_interval_ms": self.k.max_poll_interval_ms,
+              "fetch_max_wait_ms": self.k.fetch_max_wait_ms, **self._consumer_kw}
         consumer = FrameConsumer(self.k, client_id=f"affectstream-{self.instance}",
                                  consumer_kw=kw)
         if self.k.result_topic and self.results is None:
@@ -317,7 +325,8 @@ class KafkaStream:
             if now >= due["push"]:
                 due["push"] = now + 1.0
                 metrics.SESSIONS_ACTIVE.set(len(self._sessions))
-                await self._push_metrics()
+                if self._push_fut is None or self._push_fut.done():  # never queue up pushes
+                    self._push_fut = self._pools["metrics"].submit(self._push_metrics)
             if now >= due["lag"]:
                 due["lag"] = now + 5.0
                 await self._run_in("kafka", self._lag)
@@ -352,9 +361,9 @@ class KafkaStream:
         except KafkaIOError as e:
             log.warning("%s: %s", self.instance, e)
 
-    async def _push_metrics(self) -> None:
+    def _push_metrics(self) -> None:
         try:
-            await self._run_in("kafka", self.pusher.push)
+            self.pusher.push()
         except Exception as e:  # noqa: BLE001  (metrics never stop the stream)
             log.warning("%s: metrics push failed (%s: %s)", self.instance, type(e).__name__, e)
 
@@ -378,6 +387,7 @@ class KafkaStream:
         s.last_offset = f.offset
         s.last_frame_at = time.monotonic()
         s.held += 1
+        s.received[f.offset] = time.time()
         s.inbox.put_nowait(f)
 
     def _dead_letter(self, f: Any, reason: str, detail: str) -> None:
@@ -497,6 +507,7 @@ class KafkaStream:
                 await s.outbox.put(None)
                 return
             if f.offset <= s.skip_upto:  # covered by the checkpoint: points already stored
+                s.received.pop(f.offset, None)
                 s.held -= 1
                 s.counts["skipped"] += 1
                 self.totals["skipped"] += 1
@@ -567,6 +578,10 @@ class KafkaStream:
         tracked = item.tracked
         timings = dict(tracked.timings_ms)
         timings.pop("decode", None)
+        recv = s.received.pop(item.frame.offset, None)
+        if recv is not None:  # publish -> polled here; polled -> face-tracking starts
+            timings["kafka"] = max(0.0, recv * 1000 - tracked.ts_ms)
+            timings["queued"] = max(0.0, (tracked.t_wall - recv) * 1000)
         points: list = []
         try:
             if len(tracked.faces) and res is None:
@@ -676,8 +691,11 @@ class KafkaStream:
             log.warning("%s: closing the consumer failed: %s", self.instance, e)
         if self.results is not None:
             await self._run_in("kafka", self.results.close, 10)
-        await self._push_metrics()
         metrics.SESSIONS_ACTIVE.set(0)
+        try:
+            await asyncio.wait_for(self._run_in("metrics", self._push_metrics), 10)
+        except TimeoutError:
+            pass
         for p in self._pools.values():
             p.shutdown(wait=False)
 
