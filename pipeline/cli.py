@@ -292,6 +292,11 @@ def bench(
     analysis_fps: Optional[float] = typer.Option(
         None, help="Sample the input (default: every frame of a file; 10 for a stream)."),
     duration_s: float = typer.Option(30.0, help="Live streams: seconds to measure."),
+    kafka: bool = typer.Option(
+        False, "--kafka", help="Publish the clip to Kafka at --fps and measure the service: "
+        "end-to-end frames/s and publish-to-Redis latency."),
+    bootstrap: Optional[str] = typer.Option(None, help="Kafka bootstrap (with --kafka)."),
+    fps: float = typer.Option(15.0, help="Publish rate with --kafka, frames/s."),
 ) -> None:
     """End-to-end frames/s, per-stage time per frame, p50/p99 frame-to-Redis latency."""
     from operators.decode import is_live
@@ -310,7 +315,15 @@ def bench(
     url, _ = _redis(cfg.redis.url, cfg.redis.password)
     max_frames = int(duration_s * analysis_fps) if live and analysis_fps else None
     try:
-        res = run_bench(video, cfg, url, streams, console, max_frames=max_frames)
+        if kafka:
+            from pipeline.bench_kafka import run_kafka_bench
+
+            cfg = _config(config or "service", {"redis": {"url": redis_url},
+                                                "kafka": {"bootstrap": bootstrap}})
+            res = run_kafka_bench(video, cfg, url, bootstrap=bootstrap, fps=fps,
+                                  streams=streams, console=console)
+        else:
+            res = run_bench(video, cfg, url, streams, console, max_frames=max_frames)
     except RuntimeError as e:
         fail(str(e))
     t = Table(title=f"affectstream bench: {res['video']}, {streams} stream(s)")
