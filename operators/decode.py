@@ -11,6 +11,7 @@ time — deterministic, so re-analysing a file yields the same timestamps and no
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -93,6 +94,7 @@ class VideoSource:
         reconnect_backoff_s / reconnect_backoff_max_s: first and largest delay, doubling.
         max_width: frames wider than this are downscaled (aspect kept) before emission.
         start_ts_ms: capture time of the first frame (epoch ms); default as in the module doc.
+        max_frames: stop after emitting this many frames (None = until the end).
 
     Raises (on iteration start):
         SourceError: missing file, unreadable container, no video stream, unreachable stream.
@@ -102,7 +104,7 @@ class VideoSource:
                  rtsp_transport: str = "tcp", open_timeout_s: float = 10.0,
                  reconnect_max_tries: int = 5, reconnect_backoff_s: float = 0.5,
                  reconnect_backoff_max_s: float = 8.0, max_width: int = 1280,
-                 start_ts_ms: int | None = None) -> None:
+                 start_ts_ms: int | None = None, max_frames: int | None = None) -> None:
         self.url = str(url)
         self.session_id = session_id
         self.live = is_live(self.url)
@@ -113,6 +115,7 @@ class VideoSource:
         self.backoff = (reconnect_backoff_s, reconnect_backoff_max_s)
         self.max_width = max_width
         self.start_ts_ms = start_ts_ms
+        self.max_frames = max_frames
         self.stats = DecodeStats()
         self.total_frames: int | None = None
         self.last_decode_ms = 0.0  # decode + convert work behind the last emitted frame, ms
@@ -142,6 +145,16 @@ class VideoSource:
             self.total_frames = int(float(vs.duration * vs.time_base) * float(vs.average_rate))
         self.fps = float(vs.average_rate) if vs.average_rate else None
         return c
+
+    def expected_frames(self) -> int | None:
+        """Frames this source will emit, estimated from the container (None for live streams or
+        when unknown); valid once iteration has started."""
+        n = self.total_frames
+        if n is not None and self.analysis_fps and self.fps:
+            n = max(1, math.ceil(n * min(1.0, self.analysis_fps / self.fps) - 1e-6))
+        if self.max_frames is not None:
+            n = self.max_frames if n is None else min(n, self.max_frames)
+        return None if self.live and self.max_frames is None else n
 
     def _resize(self, img: np.ndarray) -> np.ndarray:
         h, w = img.shape[:2]
@@ -213,6 +226,9 @@ class VideoSource:
                         tries, delay = 0, self.backoff[0]
                         yield Frame(self.session_id, seq, start_ts + pts_ms, pts_ms, img)
                         seq += 1
+                        if self.max_frames is not None and seq >= self.max_frames:
+                            container.close()
+                            return
             except (av.error.FFmpegError, OSError) as e:
                 container.close()
                 if not self.live or tries >= self.reconnect_max_tries:

@@ -35,17 +35,13 @@ def _clip_frames(video: str, fps: float | None, max_frames: int | None,
     """``[(pts_ms, JPEG bytes)]`` of the clip resampled to ``fps``, encoded ahead of time (the
     publisher's pacing must not wait on the encoder), and the frame size."""
     from pipeline.envelope import encode_image
-    from pipeline.kafka_io import iter_sampled, open_video
+    from pipeline.kafka_io import sampled_frames
 
-    container, stream = open_video(video)
-    try:
-        out, h, w = [], 0, 0
-        for pts, bgr in iter_sampled(container, stream, fps, max_frames):
-            h, w = bgr.shape[:2]
-            out.append((pts, encode_image(bgr, "jpeg", jpeg_quality, bgr=True)))
-        return out, w, h
-    finally:
-        container.close()
+    out, h, w = [], 0, 0
+    for fr in sampled_frames(video, fps, max_frames):
+        h, w = fr.image.shape[:2]
+        out.append((fr.pts_ms, encode_image(fr.image, "jpeg", jpeg_quality)))
+    return out, w, h
 
 
 def _publish(producer: Any, topic: str, sessions: list[str], frames: list[tuple[int, bytes]],

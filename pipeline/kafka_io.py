@@ -20,7 +20,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-import math
+import itertools
 import re
 import threading
 import time
@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from operators.decode import SourceError, VideoSource
 from operators.records import Frame
 from pipeline import metrics
 from pipeline.config import KafkaConfig
@@ -46,8 +47,6 @@ class BrokerUnavailable(KafkaIOError):
     """No broker answered at the bootstrap address."""
 
 
-class SourceError(RuntimeError):
-    """A video source (file or RTSP URL) could not be opened or read."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -185,91 +184,24 @@ class PublishStats:
         return self.frames / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
 
-def open_video(source: str | Path, rtsp_transport: str = "tcp", open_timeout_s: float = 10.0):
-    """Open a file or stream URL with PyAV; returns ``(container, video stream)``.
+def sampled_frames(source: str | Path, fps: float | None = None, max_frames: int | None = None,
+                   rtsp_transport: str = "tcp", open_timeout_s: float = 10.0,
+                   start_ts_ms: int = 0) -> VideoSource:
+    """The video reader every Kafka producer and test uses: :class:`operators.decode.VideoSource`
+    at full resolution, resampled to ``fps`` by media time (``None`` = every frame), stopping
+    after ``max_frames``. Iterate it for :class:`operators.records.Frame` (RGB); ``ts_ms`` is
+    ``start_ts_ms + pts_ms``.
 
     Raises:
         FileNotFoundError: a local path that does not exist.
-        SourceError: the source cannot be opened or has no video stream.
+        SourceError: when iterated, if the source cannot be opened or decoded.
     """
-    import av
-
     src = str(source)
-    opts: dict[str, str] = {}
-    if _URL.match(src):
-        if src.lower().startswith(("rtsp://", "rtsps://")):
-            opts = {"rtsp_transport": rtsp_transport,
-                    "timeout": str(int(open_timeout_s * 1e6))}  # socket timeout, µs
-    elif not Path(src).is_file():
+    if not _URL.match(src) and not Path(src).is_file():
         raise FileNotFoundError(f"no such video file: {src}")
-    try:
-        container = av.open(src, options=opts, timeout=open_timeout_s)
-    except (av.error.FFmpegError, OSError) as e:
-        raise SourceError(f"cannot open {src}: {e}") from None
-    if not container.streams.video:
-        container.close()
-        raise SourceError(f"{src} has no video stream")
-    stream = container.streams.video[0]
-    stream.thread_type = "AUTO"
-    return container, stream
-
-
-def iter_sampled(container: Any, stream: Any, fps: float | None = None,
-                 max_frames: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-    """Decode and resample by presentation time: yields ``(pts_ms, bgr uint8 (H, W, 3))``.
-
-    ``pts_ms`` is media time from the first frame. With ``fps`` set, the first frame of every
-    ``1/fps`` interval of media time is kept (a 30 fps clip at ``fps=10`` keeps every third).
-
-    Raises:
-        SourceError: a decoding error mid-stream.
-    """
-    import av
-
-    t0: float | None = None
-    last_t = -1.0
-    step = 1.0 / float(stream.average_rate) if stream.average_rate else 1.0 / 30
-    last_bucket = -1
-    n = 0
-    try:
-        for fr in container.decode(stream):
-            t = fr.time
-            if t is None:  # no PTS (some live streams): continue the clock at the nominal rate
-                t = last_t + step if last_t >= 0 else 0.0
-            if t0 is None:
-                t0 = t
-            last_t = t
-            pts_ms = int(round((t - t0) * 1000))
-            if fps:
-                bucket = math.floor(pts_ms * fps / 1000 + 1e-6)
-                if bucket <= last_bucket:
-                    continue
-                last_bucket = bucket
-            yield pts_ms, fr.to_ndarray(format="bgr24")
-            n += 1
-            if max_frames is not None and n >= max_frames:
-                return
-    except av.error.FFmpegError as e:
-        raise SourceError(f"decoding failed after {n} frames: {e}") from None
-
-
-def _expected_frames(container: Any, stream: Any, fps: float | None,
-                     max_frames: int | None) -> int | None:
-    total: int | None = None
-    dur_s = None
-    if stream.duration is not None and stream.time_base is not None:
-        dur_s = float(stream.duration * stream.time_base)
-    elif container.duration:
-        dur_s = container.duration / 1e6
-    if fps and dur_s:
-        total = max(1, math.ceil(dur_s * fps - 1e-6))
-    elif stream.frames:
-        total = int(stream.frames)
-    elif dur_s and stream.average_rate:
-        total = int(round(dur_s * float(stream.average_rate)))
-    if max_frames is not None:
-        total = max_frames if total is None else min(total, max_frames)
-    return total
+    return VideoSource(src, "publish", analysis_fps=fps, rtsp_transport=rtsp_transport,
+                       open_timeout_s=open_timeout_s, reconnect_max_tries=0,
+                       max_width=1 << 30, start_ts_ms=start_ts_ms, max_frames=max_frames)
 
 
 def publish(source: str | Path, bootstrap: str = "127.0.0.1:9092", topic: str = "affect.frames",
@@ -329,7 +261,9 @@ def publish(source: str | Path, bootstrap: str = "127.0.0.1:9092", topic: str = 
         check_broker(bootstrap, timeout_s=min(open_timeout_s, 10.0), **ckw)
     if create_topic:
         ensure_topics(bootstrap, [topic], partitions, **ckw)
-    container, stream = open_video(src, rtsp_transport, open_timeout_s)
+    reader = sampled_frames(src, fps, max_frames, rtsp_transport, open_timeout_s)
+    frames = iter(reader)
+    first = next(frames, None)  # opens the source: errors surface before producing anything
     if own:
         producer = make_producer(bootstrap, cfg)
     stats = PublishStats(session_id=session, first_seq=start_seq, last_seq=start_seq - 1)
@@ -340,19 +274,20 @@ def publish(source: str | Path, bootstrap: str = "127.0.0.1:9092", topic: str = 
         with lock:
             failures.append(exc)
 
-    total = _expected_frames(container, stream, fps, max_frames)
+    total = reader.expected_frames()
     try:
         seq = start_seq
-        for pts_ms, bgr in iter_sampled(container, stream, fps, max_frames):
+        for fr in itertools.chain([first] if first is not None else [], frames):
             if start_ts_ms is None:
                 start_ts_ms = int(time.time() * 1000)
+            pts_ms, rgb = fr.pts_ms, fr.image
             ts = start_ts_ms + pts_ms
-            key, value, headers = encode(session, seq, ts, bgr, bgr=True, pts_ms=pts_ms,
+            key, value, headers = encode(session, seq, ts, rgb, pts_ms=pts_ms,
                                          jpeg_quality=jpeg_quality)
             producer.send(topic, key=key, value=value, headers=headers).add_errback(on_error)
             if stats.first_ts_ms is None:
                 stats.first_ts_ms = ts
-                stats.height, stats.width = bgr.shape[:2]
+                stats.height, stats.width = rgb.shape[:2]
             stats.last_ts_ms = ts
             stats.last_seq = seq
             stats.frames += 1
@@ -364,7 +299,6 @@ def publish(source: str | Path, bootstrap: str = "127.0.0.1:9092", topic: str = 
                 progress(stats.frames, total)
         producer.flush(timeout=flush_timeout_s)
     finally:
-        container.close()
         if own:
             producer.close(timeout=5)
     stats.elapsed_s = time.perf_counter() - t_start

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from pipeline.envelope import decode, encode
-from pipeline.kafka_io import iter_sampled, open_video
+from pipeline.kafka_io import sampled_frames
 
 Message = tuple[bytes, bytes, list]
 
@@ -19,13 +19,8 @@ def clip_messages(path: str, session: str, fps: float, t0_ms: int,
                   max_frames: int | None = None) -> list[Message]:
     """The clip resampled to ``fps`` as ``(key, value, headers)``, exactly as ``publish`` makes
     them (JPEG quality 90, ``ts_ms = t0_ms + pts_ms``)."""
-    container, stream = open_video(path)
-    try:
-        return [encode(session, seq, t0_ms + pts, bgr, bgr=True, pts_ms=pts, jpeg_quality=90)
-                for seq, (pts, bgr) in enumerate(iter_sampled(container, stream, fps,
-                                                               max_frames))]
-    finally:
-        container.close()
+    return [encode(session, seq, t0_ms + fr.pts_ms, fr.image, pts_ms=fr.pts_ms, jpeg_quality=90)
+            for seq, fr in enumerate(sampled_frames(path, fps, max_frames))]
 
 
 def interleave(*streams: list[Message]) -> list[Message]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import pytest
 import redis
 
@@ -62,12 +61,11 @@ def test_restored_session_continues_exactly_like_the_uninterrupted_one(base_stag
     from operators.records import Frame
     from operators.smoothing import Smoother
     from operators.timeline import TimelineBuilder
-    from pipeline.kafka_io import iter_sampled, open_video
+    from pipeline.kafka_io import sampled_frames
 
-    c, s = open_video(media("noface_face.mov"))
-    frames = [Frame("s", i, 10_000 + p, p, np.ascontiguousarray(bgr[:, :, ::-1]))
-              for i, (p, bgr) in enumerate(iter_sampled(c, s, 10))][34:]
-    c.close()  # 10 frames/s: no face until 4.0 s, then one face to the end (6.4 s)
+    # 10 frames/s: no face until 4.0 s, then one face to the end (6.4 s)
+    frames = [Frame("s", i, 10_000 + f.pts_ms, f.pts_ms, f.image)
+              for i, f in enumerate(sampled_frames(media("noface_face.mov"), 10))][34:]
     analyzer = FaceAnalyzer("mini_xception", "gradcam", "geometric", "cpu")
     b = base_stage
 
