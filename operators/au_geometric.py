@@ -163,6 +163,14 @@ class GeometricAU:
     def reset(self) -> None:
         self._hist.clear()
 
+    def snapshot(self) -> dict[int, collections.deque]:
+        """Per-track feature history (the neutral baselines), picklable."""
+        return dict(self._hist)
+
+    def restore(self, state: dict[int, collections.deque]) -> None:
+        """Continue from a :meth:`snapshot`."""
+        self._hist = dict(state)
+
     def baseline(self, track_id: int) -> np.ndarray:
         """Neutral feature values (F,) for a track (the prior before warm-up)."""
         h = self._hist.get(track_id)

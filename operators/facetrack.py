@@ -116,6 +116,19 @@ class FaceTrackStage:
             FaceMeshLandmarker(max_batch_size=cfg.inference.landmarks_batch),
             CropSpec.from_card(card), d.min_face_px, detect_interval_ms=d.detect_interval_ms)
 
+    def snapshot(self) -> dict:
+        """Per-session state (tracker, detect-then-follow state), picklable; the networks are
+        shared and stateless and are not included."""
+        return {"tracker": self.tracker.snapshot(), "follow": self._follow,
+                "last_detect_ms": self._last_detect_ms}
+
+    def restore(self, state: dict) -> None:
+        """Continue from a :meth:`snapshot` (e.g. after a crash or a Kafka rebalance)."""
+        self.tracker.restore(state["tracker"])
+        self.tracker.ended = []
+        self._follow = state["follow"]
+        self._last_detect_ms = state["last_detect_ms"]
+
     def warmup(self) -> None:
         """Run each network once on blank input so the first real frame is not slow."""
         img = np.zeros((360, 640, 3), np.uint8)

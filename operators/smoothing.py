@@ -64,7 +64,12 @@ class Smoother:
         self._s.pop(track_id, None)
 
     def snapshot(self) -> dict[int, _TrackState]:
+        """Per-track filter state, picklable."""
         return dict(self._s)
+
+    def restore(self, state: dict[int, _TrackState]) -> None:
+        """Continue from a :meth:`snapshot`."""
+        self._s = dict(state)
 
     def __len__(self) -> int:
         return len(self._s)

@@ -28,6 +28,15 @@ class TimelineBuilder:
         self.labels = tuple(emotion_labels)
         self.geo = geometric_au or GeometricAU()
 
+    def snapshot(self) -> dict:
+        """Per-session state (smoother tracks, AU baselines), picklable."""
+        return {"smoother": self.smoother.snapshot(), "geo": self.geo.snapshot()}
+
+    def restore(self, state: dict) -> None:
+        """Continue from a :meth:`snapshot`."""
+        self.smoother.restore(state["smoother"])
+        self.geo.restore(state["geo"])
+
     def end_tracks(self, track_ids: list[int]) -> None:
         for t in track_ids:
             self.smoother.end_track(t)

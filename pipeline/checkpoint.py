@@ -41,31 +41,23 @@ def snapshot_stage(stage: Any) -> bytes:
     """The per-session state of a :class:`operators.facetrack.FaceTrackStage` (tracker, last
     detection time, faces being followed), pickled. The shared detector and landmarker hold no
     per-session state and are not included."""
-    return pickle.dumps({"tracker": stage.tracker.snapshot(), "follow": stage._follow,
-                         "last_detect_ms": stage._last_detect_ms}, protocol=5)
+    return pickle.dumps(stage.snapshot(), protocol=5)
 
 
 def restore_stage(stage: Any, blob: bytes) -> None:
     """Put a :func:`snapshot_stage` state into a freshly built stage."""
-    d = pickle.loads(blob)
-    stage.tracker.restore(d["tracker"])
-    stage.tracker.ended = []
-    stage._follow = d["follow"]
-    stage._last_detect_ms = d["last_detect_ms"]
+    stage.restore(pickle.loads(blob))
 
 
 def snapshot_builder(builder: Any) -> bytes:
     """The per-session state of a :class:`operators.timeline.TimelineBuilder` (smoother tracks,
     geometric-AU neutral baselines), pickled."""
-    return pickle.dumps({"smoother": builder.smoother.snapshot(), "geo": builder.geo._hist},
-                        protocol=5)
+    return pickle.dumps(builder.snapshot(), protocol=5)
 
 
 def restore_builder(builder: Any, blob: bytes) -> None:
     """Put a :func:`snapshot_builder` state into a freshly built timeline builder."""
-    d = pickle.loads(blob)
-    builder.smoother._s = dict(d["smoother"])
-    builder.geo._hist = d["geo"]
+    builder.restore(pickle.loads(blob))
 
 
 # --------------------------------------------------------------------------------------------
