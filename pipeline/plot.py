@@ -43,8 +43,9 @@ def plot_timeline(points: Sequence[TimelinePoint], path: Path, title: str = "",
         ax.set_title(f"track {tid}: emotion")
         ax.legend(ncol=4, fontsize=7, loc="upper right")
         ax = axes[2 * i + 1, 0]
-        for au in pts[0].au_intensity:
-            ax.plot(t, [p.au_intensity[au] for p in pts], label=au, lw=1)
+        cmap = plt.get_cmap("tab20")  # 12 AUs: distinct colours
+        for k, au in enumerate(pts[0].au_intensity):
+            ax.plot(t, [p.au_intensity[au] for p in pts], label=au, lw=1, color=cmap(k % 20))
         ax.set_ylabel("intensity (0–5)")
         ax.set_ylim(0, 5)
         ax.set_title(f"track {tid}: action units")
