@@ -51,10 +51,7 @@ import torch
 from torch import nn
 
 from models.registry import ModelCard, create_model, get_card
-
-EMOTIONS: tuple[str, ...] = (
-    "anger", "contempt", "disgust", "fear", "happiness", "neutral", "sadness", "surprise")
-"""Canonical emotion names (DESIGN.md §4)."""
+from operators.records import EMOTIONS
 
 _ALIASES = {"angry": "anger", "disgusted": "disgust", "fearful": "fear", "afraid": "fear",
             "happy": "happiness", "sad": "sadness", "surprised": "surprise"}
