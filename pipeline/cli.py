@@ -15,6 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Ray's native crash handler would take SIGTERM away from our clean-shutdown handler (serve)
+os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
 
 app = typer.Typer(help="Facial-affect analytics on video: faces in, per-face emotion and AU "
                   "timelines out in Redis.", no_args_is_help=True, pretty_exceptions_enable=False)

@@ -918,7 +918,8 @@ def run_service(cfg: PipelineConfig, *, on_ready: Callable[[Service], None] | No
         if on_ready is not None:
             on_ready(svc)
         while not stop.wait(0.5):
-            pass
+            for s in sigs:  # Ray's late-starting threads may install native handlers: take back
+                signal.signal(s, on_signal)
         svc.stop()
     finally:
         dag.shutdown()
