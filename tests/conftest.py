@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -210,6 +211,13 @@ def kafka_broker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
             _wait_for_kafka(bootstrap)
             yield bootstrap
         return
+    with _tansu(tmp_path_factory) as bootstrap:
+        yield bootstrap
+
+
+@contextlib.contextmanager
+def _tansu(tmp_path_factory: pytest.TempPathFactory):
+    """Start a private in-memory tansu broker; yields its bootstrap ``127.0.0.1:PORT``."""
     exe = tansu_binary()
     port = free_port()
     url = f"tcp://127.0.0.1:{port}"
@@ -238,6 +246,16 @@ def kafka_broker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
             proc.kill()
             proc.wait(5)
         log.close()
+
+
+@pytest.fixture()
+def fresh_tansu(tmp_path_factory: pytest.TempPathFactory):
+    """A tansu broker of this test's own: consumer-group timing tests must not share the
+    session broker with groups that earlier tests left behind (killed consumers)."""
+    if os.environ.get("AFFECTSTREAM_TEST_KAFKA"):
+        pytest.skip("an external broker is configured; group timing depends on its state")
+    with _tansu(tmp_path_factory) as bootstrap:
+        yield bootstrap
 
 
 @pytest.fixture(autouse=True, scope="module")

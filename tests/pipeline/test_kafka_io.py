@@ -287,7 +287,8 @@ def test_commits_only_acknowledged_prefix_and_replays_the_rest(kafka_broker):
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_rebalance_commits_acknowledged_offsets_of_revoked_partitions(kafka_broker):
+def test_rebalance_commits_acknowledged_offsets_of_revoked_partitions(fresh_tansu):
+    kafka_broker = fresh_tansu
     topic = "frames-" + uuid.uuid4().hex[:8]
     cfg = _cfg(kafka_broker, topic)
     ensure_topics(kafka_broker, [topic], partitions=2)
