@@ -128,7 +128,9 @@ class VideoSource:
         if self.url.lower().startswith(("rtsp://", "rtsps://")):
             opts = {"rtsp_transport": self.rtsp_transport}
         if self.live:
-            # short probing: frames read while probing arrive late (the SDP already names the codec)
+            # short probing and no input buffering: frames read while probing would arrive late
+            # (the SDP already names the codec). Cost: packets read while probing are not kept, so
+            # decoding starts at the next key frame (one GOP, typically 1-2 s on cameras).
             opts.update({"fflags": "nobuffer", "analyzeduration": "200000", "probesize": "65536"})
         try:
             c = av.open(self.url, options=opts, timeout=(self.open_timeout_s, self.open_timeout_s))
