@@ -201,15 +201,8 @@ class TimelineStore:
             p.xrange(self.k.track(sid, t), lo, hi, count=limit)
         out: list[TimelinePoint] = []
         for t, entries in zip(tids, p.execute()):
-            last_bucket = None
-            for eid, fields in entries:
-                pt = TimelinePoint.from_fields(sid, t, eid, fields)
-                if every_ms:
-                    b = pt.ts_ms // every_ms
-                    if b == last_bucket:
-                        continue
-                    last_bucket = b
-                out.append(pt)
+            out.extend(_downsample((TimelinePoint.from_fields(sid, t, eid, f)
+                                    for eid, f in entries), every_ms))
         out.sort(key=lambda q: (q.ts_ms, q.track_id))
         return out
 
@@ -235,20 +228,18 @@ class TimelineStore:
         """
         lo = "-" if from_ms is None else str(from_ms)
         hi = "+" if to_ms is None else str(to_ms)
-        last_bucket = None
-        while True:
-            entries = self.r.xrange(self.k.track(sid, track), lo, hi, count=page)
-            for eid, fields in entries:
-                pt = TimelinePoint.from_fields(sid, track, eid, fields)
-                if every_ms:
-                    b = pt.ts_ms // every_ms
-                    if b == last_bucket:
-                        continue
-                    last_bucket = b
-                yield pt
-            if len(entries) < page:
-                return
-            lo = "(" + entries[-1][0]
+
+        def pages() -> Iterable[TimelinePoint]:
+            nonlocal lo
+            while True:
+                entries = self.r.xrange(self.k.track(sid, track), lo, hi, count=page)
+                for eid, fields in entries:
+                    yield TimelinePoint.from_fields(sid, track, eid, fields)
+                if len(entries) < page:
+                    return
+                lo = "(" + entries[-1][0]  # exclusive start after the last entry read
+
+        yield from _downsample(pages(), every_ms)
 
     def exists(self, sid: str) -> bool:
         """Whether the session has a meta hash or tracks (expired sessions do not)."""
@@ -375,6 +366,19 @@ class _SummaryAcc:
             dict(sorted(self.au_peak.items())),
             self.va[0] / self.va[1] if self.va[1] else None,
             self.va[2] / self.va[3] if self.va[3] else None)
+
+
+def _downsample(points: Iterable[TimelinePoint], every_ms: int | None
+                ) -> Iterable[TimelinePoint]:
+    """Keep the first point of each ``every_ms`` capture-time bucket (all when falsy)."""
+    last_bucket = None
+    for pt in points:
+        if every_ms:
+            b = pt.ts_ms // every_ms
+            if b == last_bucket:
+                continue
+            last_bucket = b
+        yield pt
 
 
 def iter_chunks(items: Sequence[Any], n: int) -> Iterable[Sequence[Any]]:

@@ -69,19 +69,23 @@ def require_dir(path: Path, what: str) -> Path:
     return path
 
 
+def _decode(path: Path, flag: int) -> np.ndarray:
+    if not path.is_file():
+        raise DatasetFormatError(f"image not found: {path}")
+    data = np.fromfile(path, dtype=np.uint8)
+    img = cv2.imdecode(data, flag) if data.size else None
+    if img is None:
+        raise DatasetFormatError(f"not a decodable image: {path}")
+    return img
+
+
 def read_image(path: Path) -> np.ndarray:
     """Read an image file as (H, W, 3) uint8 RGB (grey images are replicated to 3 channels).
 
     Raises:
         DatasetFormatError: the file is missing or not a decodable image.
     """
-    if not path.is_file():
-        raise DatasetFormatError(f"image not found: {path}")
-    data = np.fromfile(path, dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if img is None:
-        raise DatasetFormatError(f"not a decodable image: {path}")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(_decode(path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
 def read_grey(path: Path) -> np.ndarray:
@@ -90,13 +94,7 @@ def read_grey(path: Path) -> np.ndarray:
     Raises:
         DatasetFormatError: the file is missing or not a decodable image.
     """
-    if not path.is_file():
-        raise DatasetFormatError(f"image not found: {path}")
-    data = np.fromfile(path, dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
-    if img is None:
-        raise DatasetFormatError(f"not a decodable image: {path}")
-    return img
+    return _decode(path, cv2.IMREAD_GRAYSCALE)
 
 
 def parse_float(text: str, path: Path, line_no: int) -> float:
