@@ -7,7 +7,7 @@ a new architecture file needs no edit of this file.
 import importlib
 import pkgutil
 
-from models.registry import ModelCard, create_model, get_card, list_models, register_model
+from affectstream.models.registry import ModelCard, create_model, get_card, list_models, register_model
 
 _SKIP = {"registry", "weights"}
 for _m in pkgutil.iter_modules(__path__):

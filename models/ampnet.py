@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models._cnn_blocks import CBAM, BasicBlock, OSABlock, resnet_stage, resnet_stem
-from models._labels import RAF_DB_LABELS
-from models.registry import ModelCard, register_model
+from affectstream.models._cnn_blocks import CBAM, BasicBlock, OSABlock, resnet_stage, resnet_stem
+from affectstream.models._labels import RAF_DB_LABELS
+from affectstream.models.registry import ModelCard, register_model
 
 # 5-point template (left eye, right eye, nose tip, left mouth corner, right mouth corner) of the
 # widely used 112x112 ArcFace alignment, scaled by 2 to the 224x224 aligned face, in pixels

@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models._layers import (Conv2dSame, depthwise, max_pool_same, pad_channels, pointwise,
+from affectstream.models._layers import (Conv2dSame, depthwise, max_pool_same, pad_channels, pointwise,
                             tflite_state_dict)
-from models._tflite import read_tflite
-from models.registry import ModelCard, register_model
-from models.weights import artifact_path, register_converter
+from affectstream.models._tflite import read_tflite
+from affectstream.models.registry import ModelCard, register_model
+from affectstream.models.weights import artifact_path, register_converter
 
 # ------------------------------------------------------------------------------------- blocks
 

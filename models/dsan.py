@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models._cnn_blocks import conv_bn_act, resnet_stage, resnet_stem
-from models._labels import RAF_DB_LABELS
-from models.registry import ModelCard, register_model
+from affectstream.models._cnn_blocks import conv_bn_act, resnet_stage, resnet_stem
+from affectstream.models._labels import RAF_DB_LABELS
+from affectstream.models.registry import ModelCard, register_model
 
 # RAF-DB's manual demographic annotations (the attributes the two-stage scheme uses).
 GENDER_LABELS: tuple[str, ...] = ("male", "female", "unsure")

@@ -34,9 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models._cnn_blocks import resnet_stage
-from models._labels import DISFA_AUS
-from models.registry import ModelCard, register_model
+from affectstream.models._cnn_blocks import resnet_stage
+from affectstream.models._labels import DISFA_AUS
+from affectstream.models.registry import ModelCard, register_model
 
 HEATMAP_SIGMA = 2.0
 """Gaussian sigma of the target heatmaps, in heatmap pixels."""

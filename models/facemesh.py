@@ -16,10 +16,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models._layers import Conv2dSame, depthwise, pad_channels, pointwise, tflite_state_dict
-from models._tflite import read_tflite
-from models.registry import ModelCard, register_model
-from models.weights import artifact_path, register_converter
+from affectstream.models._layers import Conv2dSame, depthwise, pad_channels, pointwise, tflite_state_dict
+from affectstream.models._tflite import read_tflite
+from affectstream.models.registry import ModelCard, register_model
+from affectstream.models.weights import artifact_path, register_converter
 
 # ------------------------------------------------------------------------------------- blocks
 

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from models._layers import max_pool_same
-from models.registry import ModelCard, register_model
-from models.weights import artifact_path, register_converter
+from affectstream.models._layers import max_pool_same
+from affectstream.models.registry import ModelCard, register_model
+from affectstream.models.weights import artifact_path, register_converter
 
 # FER2013 order, as the network outputs it, mapped to the project's canonical emotion names.
 FER2013_LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from models.registry import ModelCard, create_model, get_card, list_models
+from affectstream.models.registry import ModelCard, create_model, get_card, list_models
 
 
 def example_inputs(card: ModelCard, batch_size: int = 1, device: str | torch.device = "cpu",

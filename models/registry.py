@@ -82,7 +82,7 @@ def register_model(card: ModelCard) -> Callable[[Callable[..., nn.Module]], Call
 
 def _ensure_loaded() -> None:
     # Importing the package imports every architecture module, which registers its factories.
-    import models  # noqa: F401
+    import affectstream.models  # noqa: F401
 
 
 def list_models(task: str | None = None) -> list[str]:
@@ -125,7 +125,7 @@ def create_model(name: str, weights: str | Path | None = "default", **kwargs: An
     model = fn(**kwargs)
     if weights == "default":
         if card.weights is not None:
-            from models.weights import load_state_dict
+            from affectstream.models.weights import load_state_dict
 
             try:
                 model.load_state_dict(load_state_dict(card.weights))

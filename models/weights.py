@@ -196,7 +196,7 @@ def register_converter(name: str) -> Callable[[Callable[[], dict]], Callable[[],
 
 def weight_names() -> list[str]:
     """Names of all convertible torch weights."""
-    import models  # noqa: F401  (registers converters)
+    import affectstream.models  # noqa: F401  (registers converters)
 
     return sorted(_CONVERTERS)
 
@@ -216,7 +216,7 @@ def load_state_dict(name: str, refresh: bool = False) -> dict[str, torch.Tensor]
         KeyError: no converter of that name.
         ArtifactError: raw files unavailable.
     """
-    import models  # noqa: F401
+    import affectstream.models  # noqa: F401
 
     if name not in _CONVERTERS:
         raise KeyError(f"no weights named {name!r}; known: {', '.join(sorted(_CONVERTERS))}")

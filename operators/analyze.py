@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.registry import ModelCard, create_model, get_card
-from operators.landmarks import five_point
-from operators.records import DISFA_AUS, EMOTIONS, FACE_REGIONS
-from operators.saliency import grad_cam, region_summary
+from affectstream.models.registry import ModelCard, create_model, get_card
+from affectstream.operators.landmarks import five_point
+from affectstream.operators.records import DISFA_AUS, EMOTIONS, FACE_REGIONS
+from affectstream.operators.saliency import grad_cam, region_summary
 
 
 def load_model(spec: str) -> torch.nn.Module:
@@ -28,7 +28,7 @@ def load_model(spec: str) -> torch.nn.Module:
         FileNotFoundError: a path that does not exist.
     """
     if spec.endswith((".pt", ".pth")) or Path(spec).exists():
-        from training.export import load_checkpoint  # trained checkpoints carry their card
+        from affectstream.training.export import load_checkpoint  # trained checkpoints carry their card
 
         model, _ = load_checkpoint(Path(spec))
         return model.eval()

@@ -43,7 +43,7 @@ import collections
 
 import numpy as np
 
-from operators.records import DISFA_AUS
+from affectstream.operators.records import DISFA_AUS
 
 # FaceMesh indices
 _R_EYE = (33, 133, 159, 145)   # outer, inner, upper lid, lower lid (subject's right)

@@ -21,7 +21,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from operators.records import Frame
+from affectstream.operators.records import Frame
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 import torch
 
-from operators.records import Faces
+from affectstream.operators.records import Faces
 
 KEYPOINT_NAMES: tuple[str, ...] = (
     "right_eye", "left_eye", "nose_tip", "mouth_center", "right_ear_tragion", "left_ear_tragion")
@@ -266,7 +266,7 @@ class FaceDetector:
             raise ValueError("max_faces must be >= 1")
         if num_threads is not None:
             torch.set_num_threads(num_threads)
-        from models import create_model
+        from affectstream.models import create_model
 
         name, self.input_size, strides, per_layer = _SPECS[model]
         self.model_name = model

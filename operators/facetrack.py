@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from operators.crops import bbox_affines, five_point_affines, transform_points, warp_crops
-from operators.detection import FaceDetector
-from operators.landmarks import FaceMeshLandmarker, five_point
-from operators.records import Faces, Frame
-from operators.tracking import FaceTracker
+from affectstream.operators.crops import bbox_affines, five_point_affines, transform_points, warp_crops
+from affectstream.operators.detection import FaceDetector
+from affectstream.operators.landmarks import FaceMeshLandmarker, five_point
+from affectstream.operators.records import Faces, Frame
+from affectstream.operators.tracking import FaceTracker
 
 if TYPE_CHECKING:
-    from operators.analyze import CropSpec
+    from affectstream.operators.analyze import CropSpec
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class FaceTrackStage:
     @staticmethod
     def from_config(cfg: Any) -> FaceTrackStage:
         """Build from a :class:`pipeline.config.PipelineConfig`-shaped object."""
-        from operators.analyze import CropSpec, FaceAnalyzer
+        from affectstream.operators.analyze import CropSpec, FaceAnalyzer
 
         d, t = cfg.detect, cfg.track
         card = FaceAnalyzer.card_for(cfg.inference.fer_model)

@@ -165,7 +165,7 @@ class FaceMeshLandmarker:
             torch.set_num_threads(num_threads)
         if roi_scale <= 0 or max_batch_size < 1:
             raise ValueError("roi_scale must be > 0 and max_batch_size >= 1")
-        from models import create_model
+        from affectstream.models import create_model
 
         self.device = torch.device(device)
         # channels_last: ~1.5x faster depthwise convs on CPU; crops arrive NHWC-strided anyway

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from operators.records import FACE_REGIONS
+from affectstream.operators.records import FACE_REGIONS
 
 REGION_POINTS: dict[str, tuple[int, ...]] = {
     "brows": (70, 63, 105, 66, 107, 300, 293, 334, 296, 336),

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from operators.au_geometric import GeometricAU
-from operators.records import DISFA_AUS, FACE_REGIONS, Faces, TimelinePoint
-from operators.smoothing import Smoother
+from affectstream.operators.au_geometric import GeometricAU
+from affectstream.operators.records import DISFA_AUS, FACE_REGIONS, Faces, TimelinePoint
+from affectstream.operators.smoothing import Smoother
 
 
 class TimelineBuilder:

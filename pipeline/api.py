@@ -37,10 +37,10 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from operators.records import TimelinePoint
-from pipeline import metrics, metrics_agg  # noqa: F401  (metrics: registers the families)
-from pipeline.envelope import SESSION_ID_PATTERN
-from pipeline.redis_store import Keys, TimelineStore, TrackSummary, connect
+from affectstream.operators.records import TimelinePoint
+from affectstream.pipeline import metrics, metrics_agg  # noqa: F401  (metrics: registers the families)
+from affectstream.pipeline.envelope import SESSION_ID_PATTERN
+from affectstream.pipeline.redis_store import Keys, TimelineStore, TrackSummary, connect
 
 API_VERSION = "1"
 
@@ -534,7 +534,7 @@ def _resolve(config: str | None, overrides: dict[str, Any]) -> Any:
     """The replica's :class:`~pipeline.config.PipelineConfig`: ``overrides["config_json"]`` (a
     whole config resolved elsewhere, e.g. by ``affectstream serve``) or the YAML ``config`` with
     the environment applied, then the explicit overrides."""
-    from pipeline.config import PipelineConfig, _merge, load_config
+    from affectstream.pipeline.config import PipelineConfig, _merge, load_config
 
     explicit = {
         "redis": {"url": overrides.get("redis_url"),
@@ -618,7 +618,7 @@ def build_app(args: dict[str, Any] | None = None) -> Any:
     overrides = {k: v for k, v in args.items() if k not in ("num_replicas", "num_cpus")}
     handles: dict[str, Any] = {}
     if ingest:
-        from pipeline.service import service_deployments
+        from affectstream.pipeline.service import service_deployments
 
         handles = service_deployments(cfg, config, overrides)
     return QueryAPI.options(**opts).bind(config, overrides, **handles)

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import PipelineConfig
+from affectstream.pipeline.config import PipelineConfig
 
 
 def _stats(v: list[float]) -> dict[str, float]:
@@ -32,7 +32,7 @@ def run_bench(video: str, cfg: PipelineConfig, redis_url: str, streams: int = 1,
         JSON-able dict: ``summary`` (frames/s, latency p50/p99 ms, ...), ``stages_ms`` (per-stage
         mean/p50/p99 per frame), ``machine`` and ``config``.
     """
-    from pipeline import dag
+    from affectstream.pipeline import dag
 
     tag = time.strftime("%Y%m%d-%H%M%S")
     sources = [(video, f"bench-{tag}-{i}") for i in range(streams)]

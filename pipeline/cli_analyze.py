@@ -85,8 +85,8 @@ def au_selectivity_cmd(
     """Rank feature maps by AU selectivity; write CSV tables and a heatmap PNG."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from models.registry import get_card
-    from training import au_selectivity as aus
+    from affectstream.models.registry import get_card
+    from affectstream.training import au_selectivity as aus
 
     if pool not in ("mean", "max"):
         _fail(f"--pool must be mean or max, got {pool!r}")

@@ -44,8 +44,8 @@ def publish_cmd(
     """Publish SOURCE to Kafka, one JPEG per message keyed by session (DESIGN §5)."""
     from pydantic import ValidationError
 
-    from pipeline.config import load_config
-    from pipeline.kafka_io import BrokerUnavailable, KafkaIOError, SourceError, publish
+    from affectstream.pipeline.config import load_config
+    from affectstream.pipeline.kafka_io import BrokerUnavailable, KafkaIOError, SourceError, publish
 
     try:
         cfg = load_config(config or None, overrides={
@@ -106,10 +106,10 @@ def serve_cmd(
     """
     from pydantic import ValidationError
 
-    from pipeline.api import ApiConfigError, check_bind
-    from pipeline.config import load_config
-    from pipeline.kafka_io import BrokerUnavailable, check_broker, client_kwargs
-    from pipeline.redis_server import RedisUnavailable, resolve_redis
+    from affectstream.pipeline.api import ApiConfigError, check_bind
+    from affectstream.pipeline.config import load_config
+    from affectstream.pipeline.kafka_io import BrokerUnavailable, check_broker, client_kwargs
+    from affectstream.pipeline.redis_server import RedisUnavailable, resolve_redis
 
     try:
         cfg = load_config(config or None, overrides={
@@ -137,7 +137,7 @@ def serve_cmd(
                    f"({how}); API on {svc.url} (/v1/sessions, /metrics, /docs). "
                    "Ctrl-C stops.", highlight=False, soft_wrap=True)
 
-    from pipeline.service import run_service
+    from affectstream.pipeline.service import run_service
 
     try:
         run_service(cfg, on_ready=ready)

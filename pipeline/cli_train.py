@@ -53,9 +53,9 @@ def train(
     from pydantic import ValidationError
     from rich.console import Console
 
-    from training.datasets import DatasetFormatError
-    from training.recipes import load_recipe, parse_override
-    from training.trainer import Trainer, TrainingInterrupted
+    from affectstream.training.datasets import DatasetFormatError
+    from affectstream.training.recipes import load_recipe, parse_override
+    from affectstream.training.trainer import Trainer, TrainingInterrupted
 
     console = Console(stderr=True)
     try:
@@ -114,8 +114,8 @@ def evaluate(
     (AU), AUC-Judd / NSS / CC / KLD / SIM (saliency)."""
     from rich.console import Console
 
-    from training.datasets import DatasetFormatError
-    from training.evaluate import evaluate_checkpoint, report_tables, write_report
+    from affectstream.training.datasets import DatasetFormatError
+    from affectstream.training.evaluate import evaluate_checkpoint, report_tables, write_report
 
     console = Console()
     err = Console(stderr=True)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from pipeline.config import PipelineConfig
+from affectstream.pipeline.config import PipelineConfig
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class SourceActor:
     """Decodes one source; ``next()`` returns ``(Frame, meta)`` or None at the end."""
 
     def __init__(self, url: str, session_id: str, cfg: dict, live_buffer: int) -> None:
-        from operators.decode import VideoSource, is_live
+        from affectstream.operators.decode import VideoSource, is_live
 
         self.src = VideoSource(url, session_id, **cfg)
         self.live = is_live(url)
@@ -115,7 +115,7 @@ class FaceTrackActor:
         import torch
 
         torch.set_num_threads(max(1, torch_threads))
-        from operators.facetrack import FaceTrackStage
+        from affectstream.operators.facetrack import FaceTrackStage
 
         cfg = PipelineConfig.model_validate_json(cfg_json)
         self.stage = FaceTrackStage.from_config(cfg)
@@ -137,9 +137,9 @@ class SinkActor:
 
     def __init__(self, cfg_json: str, redis_url: str, session_id: str, source: str,
                  labels: tuple[str, ...]) -> None:
-        from operators.smoothing import Smoother
-        from operators.timeline import TimelineBuilder
-        from pipeline.redis_store import RedisSink, connect
+        from affectstream.operators.smoothing import Smoother
+        from affectstream.operators.timeline import TimelineBuilder
+        from affectstream.pipeline.redis_store import RedisSink, connect
 
         cfg = PipelineConfig.model_validate_json(cfg_json)
         self.cfg = cfg
@@ -160,7 +160,7 @@ class SinkActor:
     async def process(self, tracked: Any, ticket: int) -> dict:
         """Analyse and write one frame; ``ticket`` is the driver's contiguous submission number
         for this stream (frame ``seq`` may have gaps where a live source dropped frames)."""
-        from pipeline.inference import InferRequest
+        from affectstream.pipeline.inference import InferRequest
 
         if tracked is None:
             return {"eos": True}
@@ -227,7 +227,7 @@ class SinkActor:
         """Connect to the Serve deployment and make one empty call (routing warm-up, ~2 s)."""
         from ray import serve
 
-        from pipeline.inference import InferRequest
+        from affectstream.pipeline.inference import InferRequest
 
         if self.handle is None:
             self.handle = serve.get_deployment_handle("Inference", app_name=APP_NAME)
@@ -289,7 +289,7 @@ def start_inference(cfg: PipelineConfig) -> Any:
     """Deploy (or reuse) the shared Inference Serve app without an HTTP proxy; returns a handle."""
     from ray import serve
 
-    from pipeline.inference import Inference
+    from affectstream.pipeline.inference import Inference
 
     quiet = {"log_level": "WARNING", "enable_access_log": False}
     serve.start(proxy_location="Disabled", logging_config=quiet)
@@ -319,7 +319,7 @@ def run_streams(sources: list[tuple[str, str]], cfg: PipelineConfig, redis_url: 
     Returns:
         One :class:`StreamReport` per source, in input order; a stream that failed has ``error``.
     """
-    from operators.analyze import FaceAnalyzer
+    from affectstream.operators.analyze import FaceAnalyzer
 
     init_ray(cfg)
     start_inference(cfg)

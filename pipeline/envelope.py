@@ -40,7 +40,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pipeline.config import KafkaConfig
+from affectstream.pipeline.config import KafkaConfig
 
 SCHEMA = "affect.frame.v1"
 """Value of the ``schema`` header for this envelope version."""

@@ -14,7 +14,7 @@ import time
 import numpy as np
 from ray import serve
 
-from operators.analyze import FaceAnalyzer
+from affectstream.operators.analyze import FaceAnalyzer
 
 
 @dataclasses.dataclass

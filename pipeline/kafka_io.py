@@ -24,17 +24,17 @@ import itertools
 import re
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from operators.decode import SourceError, VideoSource
-from operators.records import Frame
-from pipeline import metrics
-from pipeline.config import KafkaConfig
-from pipeline.envelope import EnvelopeError, FrameEnvelope, Limits, SeqGuard, decode, encode
+from affectstream.operators.decode import VideoSource
+from affectstream.operators.records import Frame
+from affectstream.pipeline import metrics
+from affectstream.pipeline.config import KafkaConfig
+from affectstream.pipeline.envelope import EnvelopeError, FrameEnvelope, Limits, SeqGuard, decode, encode
 
 log = logging.getLogger(__name__)
 

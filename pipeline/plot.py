@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from operators.records import TimelinePoint  # noqa: E402
+from affectstream.operators.records import TimelinePoint  # noqa: E402
 
 
 def plot_timeline(points: Sequence[TimelinePoint], path: Path, title: str = "",

@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 
-from operators.records import TimelinePoint
+from affectstream.operators.records import TimelinePoint
 
 
 class Keys:

@@ -52,8 +52,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import metrics
-from pipeline.config import PipelineConfig
+from affectstream.pipeline import metrics
+from affectstream.pipeline.config import PipelineConfig
 
 log = logging.getLogger(__name__)
 
@@ -162,11 +162,11 @@ class KafkaStream:
         import redis
         import torch
 
-        from operators.analyze import FaceAnalyzer
-        from operators.facetrack import FaceTrackStage
-        from pipeline.checkpoint import CheckpointStore
-        from pipeline.metrics_agg import RedisMetricsPusher
-        from pipeline.redis_store import RedisSink, connect
+        from affectstream.operators.analyze import FaceAnalyzer
+        from affectstream.operators.facetrack import FaceTrackStage
+        from affectstream.pipeline.checkpoint import CheckpointStore
+        from affectstream.pipeline.metrics_agg import RedisMetricsPusher
+        from affectstream.pipeline.redis_store import RedisSink, connect
 
         self.cfg = cfg
         self.k = cfg.kafka
@@ -252,7 +252,7 @@ class KafkaStream:
 
     async def _warm_inference(self, stop: asyncio.Event) -> None:
         """One empty request: the inference deployment answers before the first frame."""
-        from pipeline.inference import InferRequest
+        from affectstream.pipeline.inference import InferRequest
 
         h, w = self._base.crop.size
         req = InferRequest(np.zeros((0, h, w), np.uint8), None)
@@ -268,7 +268,7 @@ class KafkaStream:
                 delay = min(delay * 2, 10.0)
 
     def _make_consumer(self) -> Any:
-        from pipeline.kafka_io import FrameConsumer, make_producer
+        from affectstream.pipeline.kafka_io import FrameConsumer, make_producer
 
         kw = {"max_poll_interval_ms": self.k.max_poll_interval_ms,
               "fetch_max_wait_ms": self.k.fetch_max_wait_ms, **self._consumer_kw}
@@ -279,7 +279,7 @@ class KafkaStream:
         return consumer
 
     async def _connect(self, stop: asyncio.Event) -> None:
-        from pipeline.kafka_io import BrokerUnavailable
+        from affectstream.pipeline.kafka_io import BrokerUnavailable
 
         delay = 1.0
         while not stop.is_set():
@@ -354,7 +354,7 @@ class KafkaStream:
             log.debug("lag failed: %s", e)
 
     async def _commit(self) -> None:
-        from pipeline.kafka_io import KafkaIOError
+        from affectstream.pipeline.kafka_io import KafkaIOError
 
         try:
             await self._run_in("kafka", self.consumer.commit)
@@ -399,15 +399,15 @@ class KafkaStream:
         fut.add_callback(lambda _md: self.consumer.ack(f))
 
     def _new_stage(self) -> Any:
-        from operators.facetrack import FaceTrackStage
+        from affectstream.operators.facetrack import FaceTrackStage
 
         b = self._base
         return FaceTrackStage(b.detector, copy.deepcopy(b.tracker), b.landmarker, b.crop,
                               b.min_face_px, b.min_presence, b.detect_interval_ms)
 
     def _new_builder(self) -> Any:
-        from operators.smoothing import Smoother
-        from operators.timeline import TimelineBuilder
+        from affectstream.operators.smoothing import Smoother
+        from affectstream.operators.timeline import TimelineBuilder
 
         s = self.cfg.smooth
         return TimelineBuilder(Smoother(s.emotion_half_life_ms, s.au_min_cutoff_hz, s.au_beta,
@@ -468,7 +468,7 @@ class KafkaStream:
             self._fatal = self._fatal or e
 
     def _open_session(self, s: _Session) -> None:
-        from pipeline.checkpoint import restore_builder, restore_stage
+        from affectstream.pipeline.checkpoint import restore_builder, restore_stage
 
         ck = self._retry("load checkpoint", self.ckpts.load, s.sid)
         if ck is not None and ck.source == s.source:
@@ -499,7 +499,7 @@ class KafkaStream:
         p.execute()
 
     async def _track_loop(self, s: _Session) -> None:
-        from pipeline.inference import InferRequest
+        from affectstream.pipeline.inference import InferRequest
 
         while True:
             f = await s.inbox.get()
@@ -523,7 +523,7 @@ class KafkaStream:
 
     @staticmethod
     def _track(s: _Session, f: Any) -> tuple[Any, bytes]:
-        from pipeline.checkpoint import snapshot_stage
+        from affectstream.pipeline.checkpoint import snapshot_stage
 
         e = f.envelope
         frame = f.to_frame(None if e.pts_ms is not None else e.ts_ms)
@@ -651,7 +651,7 @@ class KafkaStream:
         s.last_ckpt = time.monotonic()
 
     def _save_checkpoint(self, s: _Session, item: _Item) -> None:
-        from pipeline.checkpoint import Checkpoint, snapshot_builder
+        from affectstream.pipeline.checkpoint import Checkpoint, snapshot_builder
 
         t0 = time.perf_counter()
         if s.results_unflushed:  # result messages acknowledged before their offsets move on
@@ -749,7 +749,7 @@ if serve is not None:
                            inference: Any = None) -> None:
             import ray
 
-            from pipeline.api import _resolve
+            from affectstream.pipeline.api import _resolve
 
             cfg = _resolve(config, overrides or {})
             try:
@@ -796,7 +796,7 @@ def service_deployments(cfg: PipelineConfig, config: str | None,
     """The ``Inference`` and ``KafkaIngest`` deployments of the service, bound (for
     :func:`pipeline.api.build_app`). ``config``/``overrides`` travel to the replicas, which
     resolve them in their own environment; ``cfg`` (resolved by the caller) sizes them."""
-    from pipeline.inference import Inference
+    from affectstream.pipeline.inference import Inference
 
     i = cfg.inference
     inference = Inference.options(
@@ -872,12 +872,12 @@ def start_service(cfg: PipelineConfig, *, app_name: str = APP_NAME,
         pipeline.api.ApiConfigError: the API would bind beyond loopback without a token.
         pipeline.kafka_io.BrokerUnavailable: ``create_topics`` and no broker answers.
     """
-    from pipeline import dag
-    from pipeline.api import build_app, check_bind
+    from affectstream.pipeline import dag
+    from affectstream.pipeline.api import build_app, check_bind
 
     check_bind(cfg.api.host, cfg.api.auth_token)
     if create_topics:
-        from pipeline.kafka_io import client_kwargs, ensure_topics
+        from affectstream.pipeline.kafka_io import client_kwargs, ensure_topics
 
         k = cfg.kafka
         ckw = {kk: v for kk, v in client_kwargs(k).items() if kk != "bootstrap_servers"}
@@ -901,7 +901,7 @@ def run_service(cfg: PipelineConfig, *, on_ready: Callable[[Service], None] | No
         cfg: configuration.
         on_ready: called once the service runs (e.g. to print where it listens).
     """
-    from pipeline import dag
+    from affectstream.pipeline import dag
 
     stop = threading.Event()
 

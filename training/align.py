@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.datasets.base import FaceDataset, Sample
+from affectstream.training.datasets.base import FaceDataset, Sample
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +144,8 @@ class PipelineFaceFinder:
 
     def __init__(self, detector_model: str = "short", score_thresh: float = 0.5,
                  min_presence: float = 0.5, device: str = "cpu") -> None:
-        from operators.detection import FaceDetector
-        from operators.landmarks import FaceMeshLandmarker
+        from affectstream.operators.detection import FaceDetector
+        from affectstream.operators.landmarks import FaceMeshLandmarker
 
         self.detector = FaceDetector(detector_model, score_thresh,  # type: ignore[arg-type]
                                      device=device)
@@ -164,7 +164,7 @@ class PipelineFaceFinder:
         Returns:
             Its :class:`FaceGeometry`, or ``None`` when no (matching) face is found.
         """
-        from operators.landmarks import five_point
+        from affectstream.operators.landmarks import five_point
 
         det = self.detector.detect([image])[0]
         if len(det) == 0:
@@ -238,7 +238,7 @@ def cache_path_for(dataset: FaceDataset, finder_key: str, cache_dir: str | Path 
         if env:
             cache_dir = Path(env)
         else:
-            from models.weights import cache_dir as _cd
+            from affectstream.models.weights import cache_dir as _cd
 
             cache_dir = _cd() / "geometry"
     root = str(Path(getattr(dataset, "root", "")).resolve())

@@ -50,8 +50,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.registry import ModelCard, create_model, get_card
-from operators.records import EMOTIONS
+from affectstream.models.registry import ModelCard, create_model, get_card
+from affectstream.operators.records import EMOTIONS
 
 _ALIASES = {"angry": "anger", "disgusted": "disgust", "fearful": "fear", "afraid": "fear",
             "happy": "happiness", "sad": "sadness", "surprised": "surprise"}
@@ -231,7 +231,7 @@ def default_real_faces(n_augment: int = 8, seed: int = 0) -> LabelledFaces:
     """
     import cv2
 
-    from models.weights import artifact_path
+    from affectstream.models.weights import artifact_path
 
     rng = np.random.default_rng(seed)
     images: list[Path | np.ndarray] = []
@@ -350,12 +350,12 @@ def layer_responses(model: nn.Module, inputs: torch.Tensor, layers: Sequence[str
     if pool not in ("mean", "max"):
         raise ValueError(f"pool must be 'mean' or 'max', got {pool!r}")
     modules = dict(model.named_modules())
-    missing = [l for l in layers if l not in modules]
+    missing = [name for name in layers if name not in modules]
     if missing:
         names = [n for n in modules if n and n.count(".") <= 1]
         raise KeyError(f"unknown layers {missing}; e.g. {names[:30]}")
     model.eval()
-    store: dict[str, list[np.ndarray]] = {l: [] for l in layers}
+    store: dict[str, list[np.ndarray]] = {name: [] for name in layers}
 
     def hook_for(name: str):
         def hook(_m: nn.Module, _i: Any, out: Any) -> None:
@@ -368,7 +368,7 @@ def layer_responses(model: nn.Module, inputs: torch.Tensor, layers: Sequence[str
             store[name].append(t.cpu().numpy())
         return hook
 
-    handles = [modules[l].register_forward_hook(hook_for(l)) for l in layers]
+    handles = [modules[name].register_forward_hook(hook_for(name)) for name in layers]
     dev = next((p.device for p in model.parameters()), torch.device("cpu"))
     try:
         n = len(inputs)
@@ -382,7 +382,7 @@ def layer_responses(model: nn.Module, inputs: torch.Tensor, layers: Sequence[str
     finally:
         for h in handles:
             h.remove()
-    return {l: np.concatenate(v, axis=0).astype(np.float32) for l, v in store.items()}
+    return {name: np.concatenate(v, axis=0).astype(np.float32) for name, v in store.items()}
 
 
 def stack_responses(responses: dict[str, np.ndarray]) -> tuple[np.ndarray, list[str]]:

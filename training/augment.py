@@ -26,9 +26,9 @@ import cv2
 import numpy as np
 import torch
 
-from operators.crops import bbox_affines, five_point_affines, warp_crops
-from training.align import MIDLINE_AUS
-from training.datasets.base import Sample
+from affectstream.operators.crops import bbox_affines, five_point_affines, warp_crops
+from affectstream.training.align import MIDLINE_AUS
+from affectstream.training.datasets.base import Sample
 
 FLIP_PERM_5: tuple[int, ...] = (1, 0, 2, 4, 3)
 """Mirror partner of each 5-point landmark (eyes, nose, mouth corners)."""

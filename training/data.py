@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from training.augment import AugmentConfig, FaceTransform, Preprocess
-from training.datasets import (
+from affectstream.training.augment import AugmentConfig, FaceTransform, Preprocess
+from affectstream.training.datasets import (
     BP4D,
     CAT2000,
     DISFA,
@@ -21,7 +21,7 @@ from training.datasets import (
     FERPlus,
     RafDB,
 )
-from training.recipes import AugmentSpec, Recipe
+from affectstream.training.recipes import AugmentSpec, Recipe
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def build_dataset(recipe: Recipe, root: str | Path, split: str, card: Any,
     if card.task == "au" and tuple(ds.label_names) != au_names:
         au_names = tuple(ds.label_names)
     if spec.geometry == "pipeline":
-        from training.align import WithGeometry
+        from affectstream.training.align import WithGeometry
 
         finder = _finder(spec.detector)
         ds = WithGeometry(ds, finder, au_names=au_names, fallback=spec.geometry_fallback,
@@ -112,7 +112,7 @@ _FINDERS: dict[str, Any] = {}
 
 
 def _finder(model: str) -> Any:
-    from training.align import PipelineFaceFinder
+    from affectstream.training.align import PipelineFaceFinder
 
     if model not in _FINDERS:
         _FINDERS[model] = PipelineFaceFinder(model)

@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.data import build_dataset
-from training.export import load_checkpoint, read_checkpoint
-from training.recipes import HeatmapLoss, Recipe
-from training.tasks import Task, make_task
-from training.trainer import _to, resolve_device
+from affectstream.training.data import build_dataset
+from affectstream.training.export import load_checkpoint, read_checkpoint
+from affectstream.training.recipes import HeatmapLoss, Recipe
+from affectstream.training.tasks import Task, make_task
+from affectstream.training.trainer import _to, resolve_device
 
 
 def eval_task(recipe: Recipe, card: Any, labels: tuple[str, ...]) -> Task:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.registry import ModelCard, create_model, get_card
+from affectstream.models.registry import ModelCard, create_model, get_card
 
 FORMAT = "affectstream.checkpoint/1"
 """Value of the ``format`` key."""

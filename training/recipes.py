@@ -136,7 +136,7 @@ class DisfaData(_DataBase):
     frame_step: int = Field(1, ge=1, description="Every n-th labelled frame.")
     eval_frame_step: int = Field(1, ge=1)
     frames_dir: Path | None = Field(None, description="Frames extracted by "
-                                                      "training.datasets.disfa.extract_frames.")
+                                                      "affectstream.training.datasets.disfa.extract_frames.")
 
 
 class BP4DData(_DataBase):

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training import metrics as M
+from affectstream.training import metrics as M
 
 
 def _f(t: torch.Tensor) -> float:
@@ -166,7 +166,7 @@ class HeatmapTask(Task):
 
     def targets(self, batch: dict, hm_shape: tuple[int, int], in_size: tuple[int, int]
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        from models.dsr_fau import render_au_heatmaps
+        from affectstream.models.dsr_fau import render_au_heatmaps
 
         pts = batch["au_points"].float()
         scale = torch.tensor([hm_shape[1] / in_size[1], hm_shape[0] / in_size[0]],
@@ -212,7 +212,7 @@ class DistillTask(HeatmapTask):
     def __init__(self, loss: Any, label_names: Sequence[str], teacher: nn.Module,
                  student_channels: int, teacher_channels: int) -> None:
         super().__init__(loss, label_names)
-        from models.losses_dsr_fau import feature_adapter
+        from affectstream.models.losses_dsr_fau import feature_adapter
 
         self.teacher = teacher.eval()
         for p in self.teacher.parameters():
@@ -223,7 +223,7 @@ class DistillTask(HeatmapTask):
         return {"adapter": self.adapter}
 
     def loss(self, model, batch):
-        from models.losses_dsr_fau import dsr_fau_distillation_loss
+        from affectstream.models.losses_dsr_fau import dsr_fau_distillation_loss
 
         s = self.spec
         out = model(batch["image"])
@@ -248,7 +248,7 @@ class SaliencyTask(Task):
     default_metric = "cc"
 
     def loss(self, model, batch):
-        from models.saliency_cnn import multi_indicator_saliency_loss
+        from affectstream.models.saliency_cnn import multi_indicator_saliency_loss
 
         out = model(batch["image"])
         s = self.spec

@@ -35,18 +35,18 @@ import torch
 import yaml
 from torch import nn
 
-from models.registry import ModelCard, create_model, get_card
-from training.data import build_dataset
-from training.datasets.base import FaceDataset
-from training.export import (
+from affectstream.models.registry import ModelCard, create_model, get_card
+from affectstream.training.data import build_dataset
+from affectstream.training.datasets.base import FaceDataset
+from affectstream.training.export import (
     checkpoint_dict,
     load_checkpoint,
     make_card,
     read_checkpoint,
     save_checkpoint,
 )
-from training.recipes import Recipe, StageSpec
-from training.tasks import Task, make_task
+from affectstream.training.recipes import Recipe, StageSpec
+from affectstream.training.tasks import Task, make_task
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def _scalars(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
 
 
 def _factory_params(name: str) -> set[str]:
-    from models.registry import _REGISTRY
+    from affectstream.models.registry import _REGISTRY
 
     fn = _REGISTRY[name][0]
     return set(inspect.signature(fn).parameters)

@@ -1,5 +1,5 @@
 """Multi-face tracking: constant-velocity Kalman boxes + ByteTrack-style two-stage association."""
 
-from operators.tracking.tracker import FaceTracker, TrackerState
+from affectstream.operators.tracking.tracker import FaceTracker, TrackerState
 
 __all__ = ["FaceTracker", "TrackerState"]

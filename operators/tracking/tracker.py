@@ -16,9 +16,9 @@ import dataclasses
 
 import numpy as np
 
-from operators.records import Faces
-from operators.tracking.kalman import BoxKalman
-from operators.tracking.matching import assign, iou_matrix
+from affectstream.operators.records import Faces
+from affectstream.operators.tracking.kalman import BoxKalman
+from affectstream.operators.tracking.matching import assign, iou_matrix
 
 
 @dataclasses.dataclass

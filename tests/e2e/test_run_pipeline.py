@@ -8,15 +8,15 @@ import sys
 import pytest
 import redis
 
-from pipeline.config import load_config
-from pipeline.redis_store import Keys, TimelineStore
+from affectstream.pipeline.config import load_config
+from affectstream.pipeline.redis_store import Keys, TimelineStore
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def ray_session():
-    from pipeline import dag
+    from affectstream.pipeline import dag
 
     cfg = load_config(overrides={"ray_num_cpus": 2})
     dag.init_ray(cfg)
@@ -25,7 +25,7 @@ def ray_session():
 
 
 def test_two_sources_share_inference_and_rerun_adds_nothing(ray_session, redis_url, media):
-    from pipeline import dag
+    from affectstream.pipeline import dag
 
     cfg = ray_session
     clip, other = str(media("single_face.mp4")), str(media("noface_face.mov"))
@@ -72,7 +72,7 @@ def test_two_sources_share_inference_and_rerun_adds_nothing(ray_session, redis_u
 
 
 def test_bad_source_fails_alone(ray_session, redis_url, media, tmp_path):
-    from pipeline import dag
+    from affectstream.pipeline import dag
 
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 100)
@@ -83,7 +83,7 @@ def test_bad_source_fails_alone(ray_session, redis_url, media, tmp_path):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "affectstream.pipeline.cli", *args], capture_output=True,
                           text=True, timeout=300)
 
 

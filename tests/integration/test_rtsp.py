@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from operators.decode import SourceError, VideoSource
+from affectstream.operators.decode import SourceError, VideoSource
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration

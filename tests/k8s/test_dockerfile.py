@@ -148,7 +148,7 @@ def test_cli_has_the_commands_the_image_uses() -> None:
     try:
         import typer.main
 
-        from pipeline.cli import app
+        from affectstream.pipeline.cli import app
     except ImportError as e:
         pytest.skip(f"pipeline.cli not importable here: {e}")
     root = typer.main.get_command(app)

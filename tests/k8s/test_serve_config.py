@@ -30,12 +30,12 @@ from tests.k8s.conftest import (
     serve_config,
 )
 
-IMPORT_PATH = "pipeline.api:build_app"
+IMPORT_PATH = "affectstream.pipeline.api:build_app"
 
 
 def _app(cfg: dict) -> dict:
     apps = cfg["applications"]
-    assert len(apps) == 1, "one Serve application: pipeline.api:build_app"
+    assert len(apps) == 1, "one Serve application: affectstream.pipeline.api:build_app"
     return apps[0]
 
 
@@ -54,7 +54,7 @@ def _endpoints_env(docs: list[dict]) -> dict[str, str]:
 
 def _pipeline_config(docs: list[dict], tmp_path: Path, token: bool = True):
     """The mounted service.yaml loaded as the replicas load it: file <- pod environment."""
-    from pipeline.config import load_config
+    from affectstream.pipeline.config import load_config
 
     rs = rayservice(docs)
     head = rs["spec"]["rayClusterConfig"]["headGroupSpec"]
@@ -107,7 +107,7 @@ def test_app_config_validates_with_pipeline_config(render, tmp_path: Path, overl
     assert pc.redis.url == env["AFFECTSTREAM_REDIS_URL"]
     assert pc.kafka.bootstrap == env["AFFECTSTREAM_KAFKA_BOOTSTRAP"]
     assert urlsplit(pc.redis.url).scheme in ("redis", "rediss")
-    base = importlib.import_module("pipeline.config").load_config(ROOT / "configs" / "service.yaml")
+    base = importlib.import_module("affectstream.pipeline.config").load_config(ROOT / "configs" / "service.yaml")
     # topics and the consumer group are a contract with the producers: same as configs/
     assert (pc.kafka.topic, pc.kafka.dlq_topic, pc.kafka.group_id) == (
         base.kafka.topic, base.kafka.dlq_topic, base.kafka.group_id)

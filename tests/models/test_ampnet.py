@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
-from models import create_model, get_card
-from models.ampnet import TEMPLATE_5PT_224, crop_patches, landmark_boxes
+from affectstream.models import create_model, get_card
+from affectstream.models.ampnet import TEMPLATE_5PT_224, crop_patches, landmark_boxes
 
 
 

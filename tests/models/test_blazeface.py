@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from models import create_model, get_card
-from operators.detection import FaceDetector, letterbox
+from affectstream.models import create_model, get_card
+from affectstream.operators.detection import FaceDetector, letterbox
 
 litert = pytest.importorskip("ai_edge_litert.interpreter")
 

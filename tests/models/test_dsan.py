@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
-from models import create_model, get_card
-from models.dsan import AGE_GROUP_LABELS, GENDER_LABELS, RACE_LABELS
+from affectstream.models import create_model, get_card
+from affectstream.models.dsan import AGE_GROUP_LABELS, GENDER_LABELS, RACE_LABELS
 
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models import create_model, get_card
-from models._labels import DISFA_AUS
-from models.dsr_fau import (AU_POINT_RULES, au_points_from_landmarks, decode_heatmaps,
+from affectstream.models import create_model, get_card
+from affectstream.models._labels import DISFA_AUS
+from affectstream.models.dsr_fau import (AU_POINT_RULES, au_points_from_landmarks, decode_heatmaps,
                             render_au_heatmaps)
-from models.profile import count_flops, count_params, example_inputs
+from affectstream.models.profile import count_flops, count_params, example_inputs
 
 
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from models import create_model, get_card
-from operators.detection import FaceDetector
-from operators.landmarks import FaceMeshLandmarker, roi_to_frame
+from affectstream.models import create_model, get_card
+from affectstream.operators.detection import FaceDetector
+from affectstream.operators.landmarks import FaceMeshLandmarker, roi_to_frame
 
 litert = pytest.importorskip("ai_edge_litert.interpreter")
 

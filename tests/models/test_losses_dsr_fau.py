@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.losses_dsr_fau import (channel_relation_loss, dsr_fau_distillation_loss,
+from affectstream.models.losses_dsr_fau import (channel_relation_loss, dsr_fau_distillation_loss,
                                    feature_adapter, feature_map_distillation_loss,
                                    region_features, region_relation_loss)
 

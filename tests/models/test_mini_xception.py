@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from models import create_model, get_card
-from models.mini_xception import LABEL_NAMES
-from operators.detection import FaceDetector
-from operators.landmarks import square_crop
+from affectstream.models import create_model, get_card
+from affectstream.models.mini_xception import LABEL_NAMES
+from affectstream.operators.detection import FaceDetector
+from affectstream.operators.landmarks import square_crop
 
 litert = pytest.importorskip("ai_edge_litert.interpreter")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models import create_model, get_card
-from models.profile import count_flops, describe, describe_all, example_inputs
+from affectstream.models import create_model, get_card
+from affectstream.models.profile import count_flops, describe, describe_all, example_inputs
 
 
 

@@ -12,8 +12,8 @@ import io
 import pytest
 import torch
 
-from models import create_model, get_card, list_models
-from models.profile import example_inputs, output_tensors
+from affectstream.models import create_model, get_card, list_models
+from affectstream.models.profile import example_inputs, output_tensors
 
 EMOTIONS = {"anger", "contempt", "disgust", "fear", "happiness", "neutral", "sadness", "surprise"}
 ALL = list_models()

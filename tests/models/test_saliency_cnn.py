@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models import create_model
-from models.saliency_cnn import (DoGModule, multi_indicator_saliency_loss, saliency_cc,
+from affectstream.models import create_model
+from affectstream.models.saliency_cnn import (DoGModule, multi_indicator_saliency_loss, saliency_cc,
                                  saliency_kld, saliency_nss)
 
 

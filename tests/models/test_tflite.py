@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models._tflite import read_tflite
+from affectstream.models._tflite import read_tflite
 
 litert = pytest.importorskip("ai_edge_litert.interpreter")
 

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from models import weights
+from affectstream.models import weights
 
 
 @pytest.fixture(scope="module")

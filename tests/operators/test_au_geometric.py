@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from operators.au_geometric import GeometricAU, face_frame, features
-from operators.records import DISFA_AUS
+from affectstream.operators.au_geometric import GeometricAU, face_frame, features
+from affectstream.operators.records import DISFA_AUS
 
 
 @pytest.fixture(scope="module")
 def base_landmarks(media):
-    from operators.decode import VideoSource
-    from operators.facetrack import FaceTrackStage
-    from pipeline.config import load_config
+    from affectstream.operators.decode import VideoSource
+    from affectstream.operators.facetrack import FaceTrackStage
+    from affectstream.pipeline.config import load_config
 
     stage = FaceTrackStage.from_config(load_config())
     frame = next(iter(VideoSource(str(media("single_face.mp4")), "x")))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from operators.decode import PtsSampler, SourceError, VideoSource, is_live
+from affectstream.operators.decode import PtsSampler, SourceError, VideoSource, is_live
 
 
 def test_file_frames_timestamps_and_size(media):

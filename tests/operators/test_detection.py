@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from operators.detection import (FaceDetections, FaceDetector, decode_boxes, letterbox,
+from affectstream.operators.detection import (FaceDetections, FaceDetector, decode_boxes, letterbox,
                                  ssd_anchors, weighted_nms)
 
 

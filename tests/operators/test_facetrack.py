@@ -6,10 +6,10 @@ import cv2
 import numpy as np
 import pytest
 
-from operators.decode import VideoSource
-from operators.facetrack import FaceTrackStage, boxes_from_landmarks
-from operators.records import Frame
-from pipeline.config import load_config
+from affectstream.operators.decode import VideoSource
+from affectstream.operators.facetrack import FaceTrackStage, boxes_from_landmarks
+from affectstream.operators.records import Frame
+from affectstream.pipeline.config import load_config
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from operators.detection import FaceDetector
-from operators.landmarks import (ARCFACE_TEMPLATE_112, FaceMeshLandmarker, aligned_crop,
+from affectstream.operators.detection import FaceDetector
+from affectstream.operators.landmarks import (ARCFACE_TEMPLATE_112, FaceMeshLandmarker, aligned_crop,
                                  five_point, similarity_transform, square_crop)
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from operators.smoothing import Smoother
+from affectstream.operators.smoothing import Smoother
 
 
 def test_half_life_is_in_ms_not_frames():

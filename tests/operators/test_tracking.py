@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from operators.records import Faces
-from operators.tracking import FaceTracker
-from operators.tracking.matching import assign, iou_matrix
+from affectstream.operators.records import Faces
+from affectstream.operators.tracking import FaceTracker
+from affectstream.operators.tracking.matching import assign, iou_matrix
 
 
 def F(boxes, scores):

@@ -6,10 +6,10 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from operators.records import TimelinePoint
-from pipeline import metrics
-from pipeline.api import ApiConfigError, build_app, check_bind, create_app, is_loopback
-from pipeline.redis_store import RedisSink
+from affectstream.operators.records import TimelinePoint
+from affectstream.pipeline import metrics
+from affectstream.pipeline.api import ApiConfigError, build_app, check_bind, create_app, is_loopback
+from affectstream.pipeline.redis_store import RedisSink
 
 pytestmark = pytest.mark.integration
 
@@ -276,7 +276,7 @@ def test_build_app_checks_args_and_bind(monkeypatch, redis_url):
 def test_build_app_is_the_whole_service_unless_ingest_is_off(redis_url):
     from ray.serve._private.build_app import build_app as build_serve_app
 
-    from pipeline.config import load_config
+    from affectstream.pipeline.config import load_config
 
     def deployments(args):
         return {d.name: d for d in build_serve_app(build_app(args), name="a").deployments}

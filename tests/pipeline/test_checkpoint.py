@@ -8,7 +8,7 @@ import copy
 import pytest
 import redis
 
-from pipeline.checkpoint import (Checkpoint, CheckpointStore, restore_builder, restore_stage,
+from affectstream.pipeline.checkpoint import (Checkpoint, CheckpointStore, restore_builder, restore_stage,
                                  snapshot_builder, snapshot_stage)
 
 
@@ -35,8 +35,8 @@ def test_checkpoint_never_goes_back(redis_url):
 
 @pytest.fixture(scope="module")
 def base_stage():
-    from pipeline.config import load_config
-    from operators.facetrack import FaceTrackStage
+    from affectstream.pipeline.config import load_config
+    from affectstream.operators.facetrack import FaceTrackStage
 
     return FaceTrackStage.from_config(load_config("service"))
 
@@ -56,12 +56,12 @@ def _run(stage, builder, frames, analyzer):
 def test_restored_session_continues_exactly_like_the_uninterrupted_one(base_stage, media):
     """Detect-then-follow, tracker, smoother and AU baselines all resume: the frames after the
     checkpoint give the same track ids, boxes and smoothed values as without interruption."""
-    from operators.analyze import FaceAnalyzer
-    from operators.facetrack import FaceTrackStage
-    from operators.records import Frame
-    from operators.smoothing import Smoother
-    from operators.timeline import TimelineBuilder
-    from pipeline.kafka_io import sampled_frames
+    from affectstream.operators.analyze import FaceAnalyzer
+    from affectstream.operators.facetrack import FaceTrackStage
+    from affectstream.operators.records import Frame
+    from affectstream.operators.smoothing import Smoother
+    from affectstream.operators.timeline import TimelineBuilder
+    from affectstream.pipeline.kafka_io import sampled_frames
 
     # 10 frames/s: no face until 4.0 s, then one face to the end (6.4 s)
     frames = [Frame("s", i, 10_000 + f.pts_ms, f.pts_ms, f.image)

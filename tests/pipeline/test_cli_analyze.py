@@ -7,8 +7,8 @@ import csv
 import pytest
 from typer.testing import CliRunner
 
-from models.weights import artifact_path
-from pipeline.cli_analyze import analyze_app
+from affectstream.models.weights import artifact_path
+from affectstream.pipeline.cli_analyze import analyze_app
 
 PHOTOS = [("0-f1-su-ph.jpg", "surprise"), ("0-f15-hao-ph.jpg", "happiness"),
           ("15-f13-anc-ph.jpg", "anger"), ("45-m7-di-ph.jpg", "disgust")]

@@ -11,10 +11,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from pipeline.cli_kafka import kafka_cli as _kafka_cli
-from pipeline.config import KafkaConfig
-from pipeline.envelope import SCHEMA, encode
-from pipeline.kafka_io import (BrokerUnavailable, DeadLetter, FrameConsumer, OffsetTracker,
+from affectstream.pipeline.cli_kafka import kafka_cli as _kafka_cli
+from affectstream.pipeline.config import KafkaConfig
+from affectstream.pipeline.envelope import SCHEMA, encode
+from affectstream.pipeline.kafka_io import (BrokerUnavailable, DeadLetter, FrameConsumer, OffsetTracker,
                                ensure_topics, make_producer, publish)
 
 # --------------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 import pytest
 import redis
 
-from operators.records import TimelinePoint
-from pipeline.redis_store import Keys, RedisSink, TimelineStore
+from affectstream.operators.records import TimelinePoint
+from affectstream.pipeline.redis_store import Keys, RedisSink, TimelineStore
 
 pytestmark = pytest.mark.integration
 

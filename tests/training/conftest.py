@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from models.registry import _REGISTRY, ModelCard, register_model
+from affectstream.models.registry import _REGISTRY, ModelCard, register_model
 from tests.training import formats as F
 
 TINY = "tiny_fer_test"

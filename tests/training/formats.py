@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import scipy.io
 
-from models.weights import artifact_path
+from affectstream.models.weights import artifact_path
 
 FACE_BOXES: dict[str, list[tuple[int, int, int, int]]] = {
     "single_face.jpg": [(163, 178, 378, 393)],

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests.training import formats as F
-from training.align import (
+from affectstream.training.align import (
     ALL_AUS,
     AU_POINTS_MESH,
     FaceGeometry,
@@ -17,7 +17,7 @@ from training.align import (
     WithGeometry,
     au_points_from_mesh,
 )
-from training.datasets import RafDB
+from affectstream.training.datasets import RafDB
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +26,8 @@ def finder() -> PipelineFaceFinder:
 
 
 def test_au_point_table_covers_disfa_and_bp4d() -> None:
-    from operators.records import DISFA_AUS
-    from training.datasets.bp4d import BP4D_INTENSITY_AUS
+    from affectstream.operators.records import DISFA_AUS
+    from affectstream.training.datasets.bp4d import BP4D_INTENSITY_AUS
 
     assert set(DISFA_AUS) | set(BP4D_INTENSITY_AUS) <= set(AU_POINTS_MESH)
     mesh = np.random.default_rng(0).random((468, 2)).astype(np.float32)
@@ -56,7 +56,7 @@ def test_finder_on_real_photos(finder: PipelineFaceFinder) -> None:
 def test_hint_box_picks_the_face() -> None:
     import cv2
 
-    from models.weights import artifact_path
+    from affectstream.models.weights import artifact_path
 
     full = PipelineFaceFinder("full")
     img = cv2.cvtColor(cv2.imread(str(artifact_path("multi_face.jpg"))), cv2.COLOR_BGR2RGB)

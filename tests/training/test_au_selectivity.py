@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from models.registry import ModelCard
-from models.weights import artifact_path
-from training.au_selectivity import (EXPRESSION_PROTOTYPE_AUS, au_selectivity, default_real_faces,
+from affectstream.models.registry import ModelCard
+from affectstream.models.weights import artifact_path
+from affectstream.training.au_selectivity import (EXPRESSION_PROTOTYPE_AUS, au_selectivity, default_real_faces,
                                      feature_selection_comparison, layer_responses,
                                      load_labels_csv, preprocess, rank_maps, run_au_selectivity,
                                      select_au_maps, weak_au_labels)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from operators.crops import bbox_affines, five_point_affines, transform_points, warp_crops
+from affectstream.operators.crops import bbox_affines, five_point_affines, transform_points, warp_crops
 from tests.training import formats as F
-from training.augment import (
+from affectstream.training.augment import (
     FLIP_PERM_5,
     FLIP_PERM_68,
     AugmentConfig,

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import get_card
+from affectstream.models import get_card
 from tests.training import formats as F
-from training.data import build_dataset
-from training.export import read_checkpoint
-from training.recipes import Recipe
-from training.trainer import Trainer
+from affectstream.training.data import build_dataset
+from affectstream.training.export import read_checkpoint
+from affectstream.training.recipes import Recipe
+from affectstream.training.trainer import Trainer
 
 WRITERS = {
     "affectnet": lambda p: F.write_affectnet(p, 12, 6),

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.training import formats as F
-from training.datasets import (
+from affectstream.training.datasets import (
     BP4D,
     CAT2000,
     DISFA,
@@ -22,8 +22,8 @@ from training.datasets import (
     RafDB,
     extract_frames,
 )
-from training.datasets.base import five_from_68
-from training.datasets.disfa import fold_subjects
+from affectstream.training.datasets.base import five_from_68
+from affectstream.training.datasets.disfa import fold_subjects
 
 
 def _decoded(path: Path) -> np.ndarray:

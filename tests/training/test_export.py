@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import create_model
-from training.export import (
+from affectstream.models import create_model
+from affectstream.training.export import (
     checkpoint_dict,
     load_checkpoint,
     make_card,
@@ -55,7 +55,7 @@ def test_unknown_model_id_lists_known(tmp_path: Path) -> None:
 
 
 def test_pipeline_loader_uses_load_checkpoint(tmp_path: Path) -> None:
-    analyze = pytest.importorskip("operators.analyze")
+    analyze = pytest.importorskip("affectstream.operators.analyze")
     model = create_model("mini_xception", weights=None)
     card = make_card("mini_xception")
     path = save_checkpoint(checkpoint_dict(model, "mini_xception", {}, card), tmp_path / "b.pt")

@@ -8,7 +8,7 @@ import scipy.special
 import scipy.stats
 import sklearn.metrics
 
-from training import metrics as M
+from affectstream.training import metrics as M
 
 # Shrout & Fleiss (1979), Table 2: 6 targets rated by 4 judges.
 SF_TABLE2 = np.array([[9, 2, 5, 8], [6, 1, 3, 2], [8, 4, 6, 8], [7, 1, 2, 6], [10, 5, 6, 9],

@@ -10,10 +10,10 @@ import pytest
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from pipeline.cli_train import train_cli
-from training.export import load_checkpoint, read_checkpoint
-from training.recipes import Recipe, load_recipe
-from training.trainer import Trainer
+from affectstream.pipeline.cli_train import train_cli
+from affectstream.training.export import load_checkpoint, read_checkpoint
+from affectstream.training.recipes import Recipe, load_recipe
+from affectstream.training.trainer import Trainer
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "train"
 RECIPES = sorted(p.stem for p in CONFIGS.glob("*.yaml"))

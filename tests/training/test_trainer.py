@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.export import load_checkpoint, read_checkpoint
-from training.recipes import Recipe, StageSpec
-from training.trainer import Trainer, TrainingInterrupted, lr_factor
+from affectstream.training.export import load_checkpoint, read_checkpoint
+from affectstream.training.recipes import Recipe, StageSpec
+from affectstream.training.trainer import Trainer, TrainingInterrupted, lr_factor
 
 
 def tiny_recipe(**over) -> Recipe:
@@ -101,7 +101,7 @@ def test_logs_checkpoints_and_export(fer2013_root: Path, tmp_path: Path) -> None
     assert best["metrics"]["accuracy"] == max(float(x["val_accuracy"]) for x in rows
                                               if x["val_accuracy"])
     # the registry loads it too
-    from models import create_model
+    from affectstream.models import create_model
 
     m2 = create_model("tiny_fer_test", weights=res["best_path"])
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
@@ -132,7 +132,7 @@ def test_ctrl_c_stops_cleanly_and_resumes_exactly(fer2013_root: Path, tmp_path: 
     import os
     import signal
 
-    import training.trainer as T
+    import affectstream.training.trainer as T
 
     r = tiny_recipe()
     Trainer(r, fer2013_root, tmp_path / "full", device="cpu", progress=False).fit()

@@ -29,8 +29,8 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from operators.records import DISFA_AUS
-from training.datasets.base import (
+from affectstream.operators.records import DISFA_AUS
+from affectstream.training.datasets.base import (
     DatasetFormatError,
     FaceDataset,
     Sample,
@@ -39,7 +39,7 @@ from training.datasets.base import (
     require_dir,
     require_file,
 )
-from training.datasets.video import VideoFrames
+from affectstream.training.datasets.video import VideoFrames
 
 log = logging.getLogger(__name__)
 

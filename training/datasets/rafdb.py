@@ -31,7 +31,7 @@ from typing import Literal
 
 import numpy as np
 
-from training.datasets.base import (
+from affectstream.training.datasets.base import (
     DatasetFormatError,
     FaceDataset,
     Sample,

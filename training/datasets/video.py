@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from training.datasets.base import DatasetFormatError
+from affectstream.training.datasets.base import DatasetFormatError
 
 
 class VideoFrames:
