@@ -1,0 +1,170 @@
+"""The session runner's contract, in-process: real frames, real models, in-memory sink."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from affectstream.operators.analyze import FaceAnalyzer
+from affectstream.operators.decode import VideoSource
+from affectstream.pipeline.config import load_config
+from affectstream.pipeline.runtime.local_inference import LocalInference
+from affectstream.pipeline.runtime.memory import ListSink, ListSource
+from affectstream.pipeline.runtime.parts import new_builder, new_stage
+from affectstream.pipeline.runtime.runner import SessionRunner, SinkOutage
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_config()
+
+
+@pytest.fixture(scope="module")
+def analyzer(cfg):
+    i = cfg.inference
+    return FaceAnalyzer(i.fer_model, i.saliency, i.au_model, "cpu")
+
+
+@pytest.fixture(scope="module")
+def frames(media):
+    return list(VideoSource(str(media("single_face.mp4")), "s1", max_frames=24))
+
+
+def _run(cfg, analyzer, source, sink, *, window=4, sid="s1", base=None, results=None, **kw):
+    async def main():
+        infer = LocalInference(analyzer, max_batch_size=8)
+        runner = SessionRunner(sid, new_stage(cfg, base), new_builder(cfg, analyzer.labels),
+                               infer, sink, window=window,
+                               on_result=(results.append if results is not None else None), **kw)
+        await runner.open("test")
+        for frame, meta in source:
+            await runner.submit(frame, meta, tag=frame.seq)
+        await runner.close()
+        infer.close()
+        return runner
+
+    return asyncio.run(main())
+
+
+def test_points_in_frame_order_one_track(cfg, analyzer, frames):
+    sink, results = ListSink(), []
+    runner = _run(cfg, analyzer, ListSource(frames), sink, results=results)
+    assert [r.tag for r in results] == list(range(len(frames)))  # in order, every frame
+    pts = sink.all_points("s1")
+    assert len(pts) == len(frames) and {p.track_id for p in pts} == {1}
+    assert [p.ts_ms for p in pts] == sorted(p.ts_ms for p in pts)
+    assert all(abs(sum(p.emotion_probs.values()) - 1) < 1e-3 for p in pts)
+    assert sink.status["s1"] == "ended" and runner.counts["errors"] == 0
+    assert max(r.batch_faces for r in results) >= 1
+
+
+def test_replay_is_absorbed_by_the_sink(cfg, analyzer, frames):
+    sink = ListSink()
+    _run(cfg, analyzer, ListSource(frames[:12]), sink)
+    # a restart from frame 0 with blank state replays 12 frames: the same track id, rejected
+    _run(cfg, analyzer, ListSource(frames), sink)
+    pts = sink.all_points("s1")
+    assert len(pts) == len(frames)
+    assert len({p.ts_ms for p in pts}) == len(pts)
+
+
+def test_window_bounds_frames_in_flight(cfg, analyzer, frames):
+    in_flight, peak = 0, 0
+
+    class SlowSink(ListSink):
+        def write(self, points):
+            import time
+            time.sleep(0.02)
+            return super().write(points)
+
+    async def main():
+        nonlocal in_flight, peak
+        infer = LocalInference(analyzer)
+        runner = SessionRunner("s1", new_stage(cfg), new_builder(cfg, analyzer.labels), infer,
+                               SlowSink(), window=3, on_result=lambda r: done())
+        await runner.open("test")
+        for frame, meta in ListSource(frames[:12]):
+            in_flight += 1
+            peak = max(peak, in_flight)
+            await runner.submit(frame, meta)
+        await runner.close()
+        infer.close()
+
+    def done():
+        nonlocal in_flight
+        in_flight -= 1
+
+    asyncio.run(main())
+    assert peak <= 3 + 2  # window + the frame being tracked + the one being written
+
+
+def test_a_failing_frame_does_not_stop_the_session(cfg, analyzer, frames):
+    class FlakyInference(LocalInference):
+        calls = 0
+
+        async def __call__(self, req):
+            FlakyInference.calls += 1
+            if FlakyInference.calls == 5:
+                raise RuntimeError("model exploded")
+            return await super().__call__(req)
+
+    class PickySink(ListSink):
+        def write(self, points):
+            if points[0].ts_ms == frames[8].ts_ms:
+                raise ValueError("refused by the store")
+            return super().write(points)
+
+    sink, results = PickySink(), []
+
+    async def main():
+        infer = FlakyInference(analyzer)
+        runner = SessionRunner("s1", new_stage(cfg), new_builder(cfg, analyzer.labels), infer,
+                               sink, window=1, on_result=results.append)
+        await runner.open("test")
+        for frame, meta in ListSource(frames[:12]):
+            await runner.submit(frame, meta, tag=frame.seq)
+        await runner.close()
+        infer.close()
+        return runner
+
+    runner = asyncio.run(main())
+    errors = {r.tag: r.error for r in results if r.error}
+    assert set(errors) == {4, 8}, errors
+    assert "model exploded" in errors[4] and "refused by the store" in errors[8]
+    assert len(sink.all_points("s1")) == 10 and runner.counts["errors"] == 2
+
+
+def test_sink_outage_beyond_tolerance_ends_the_session(cfg, analyzer, frames):
+    class DownSink(ListSink):
+        def write(self, points):
+            raise SinkOutage("store unreachable for 300 s")
+
+    with pytest.raises(SinkOutage):
+        _run(cfg, analyzer, ListSource(frames[:4]), DownSink(), window=1)
+
+
+def test_two_sessions_share_inference_forwards(cfg, analyzer, frames):
+    sink, results = ListSink(), []
+
+    async def main():
+        infer = LocalInference(analyzer, max_batch_size=8)
+        base = new_stage(cfg)
+        runners = [SessionRunner(sid, new_stage(cfg, base), new_builder(cfg, analyzer.labels),
+                                 infer, sink, window=4, on_result=results.append)
+                   for sid in ("a", "b")]
+        for r in runners:
+            await r.open("test")
+
+        async def feed(r):
+            for frame, meta in ListSource(frames[:12]):
+                await r.submit(frame, meta)
+        await asyncio.gather(*(feed(r) for r in runners))
+        for r in runners:
+            await r.close()
+        infer.close()
+
+    asyncio.run(main())
+    assert len(sink.all_points("a")) == 12 == len(sink.all_points("b"))
+    # the frames of both sessions met in forwards of more than one face
+    assert max(r.batch_faces for r in results) >= 2
