@@ -109,7 +109,8 @@ class FaceAnalyzer:
         x = (x - self._mean) / self._std
         return x.half() if self.half else x
 
-    def analyze(self, crops: np.ndarray, points01: np.ndarray | None = None
+    def analyze(self, crops: np.ndarray, points01: np.ndarray | None = None,
+                saliency_mask: np.ndarray | None = None
                 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """Run the models on a batch of crops (faces of one or many frames).
 
@@ -117,6 +118,8 @@ class FaceAnalyzer:
             crops: (N, H, W) uint8 gray or (N, H, W, 3) uint8 RGB, prepared per :attr:`crop`.
             points01: (N, 468, 2) FaceMesh points in crop coordinates in [0, 1], needed for the
                 saliency region summary; None skips saliency.
+            saliency_mask: (N,) bool, faces whose saliency is computed (Grad-CAM costs a
+                backward pass); the other rows come back NaN. None = every face.
 
         Returns:
             (emotion probs (N, E) float32 over :attr:`labels`,
@@ -142,10 +145,21 @@ class FaceAnalyzer:
             return out[extra["output"]] if isinstance(out, dict) else out  # type: ignore[index]
 
         sal = None
-        if self.saliency and points01 is not None and hasattr(self.fer, "cam_layer"):
+        mask = np.ones(n, bool) if saliency_mask is None else np.asarray(saliency_mask, bool)
+        if self.saliency and points01 is not None and hasattr(self.fer, "cam_layer") and mask.all():
             logits, cam = grad_cam(lambda inp: logits_of(self.fer(inp, *args)),
                                    self.fer.cam_layer, x)
             sal = region_summary(cam.float().cpu().numpy(), points01)
+        elif self.saliency and points01 is not None and hasattr(self.fer, "cam_layer"):
+            with torch.inference_mode():
+                logits = logits_of(self.fer(x, *args))
+            sal = np.full((n, len(FACE_REGIONS)), np.nan, np.float32)
+            idx = np.flatnonzero(mask)
+            if len(idx):
+                sub = tuple(a[torch.from_numpy(idx).to(a.device)] for a in args)
+                _, cam = grad_cam(lambda inp: logits_of(self.fer(inp, *sub)), self.fer.cam_layer,
+                                  x[torch.from_numpy(idx).to(x.device)])
+                sal[idx] = region_summary(cam.float().cpu().numpy(), points01[idx])
         else:
             with torch.inference_mode():
                 out = self.fer(x, *args)

@@ -74,6 +74,10 @@ class InferenceConfig(_Frozen):
         "geometric", description="'geometric' (landmark AU estimator) or a registry id / .pt path.")
     saliency: Literal["gradcam", "off"] = Field(
         "gradcam", description="Per-face saliency: Grad-CAM of the expression model, or off.")
+    saliency_interval_ms: int = Field(
+        500, ge=0, description="Media time between two saliency maps of one track (ms); frames in "
+        "between carry the track's last map (maps change slowly; a Grad-CAM backward pass costs "
+        "several times the forward). 0 = every frame.")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
     half: bool = Field(False, description="fp16 inference on CUDA.")
     torch_threads: int = Field(0, ge=0, description="Torch intra-op threads; 0 = one per core.")

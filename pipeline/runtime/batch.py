@@ -17,10 +17,12 @@ from affectstream.operators.analyze import FaceAnalyzer
 
 @dataclasses.dataclass
 class InferRequest:
-    """Crops of one frame: (N,H,W[,3]) uint8, FaceMesh points in crop coords (N,468,2) in [0,1]."""
+    """Crops of one frame: (N,H,W[,3]) uint8, FaceMesh points in crop coords (N,468,2) in [0,1],
+    and ``saliency_mask`` (N,) bool: faces that need a fresh saliency map (None = all)."""
 
     crops: np.ndarray
     points01: np.ndarray | None
+    saliency_mask: np.ndarray | None = None
 
 
 @dataclasses.dataclass
@@ -39,7 +41,10 @@ class InferResult:
 
 
 def analyze_batch(analyzer: FaceAnalyzer, reqs: list[InferRequest]) -> list[InferResult]:
-    """Concatenate the requests' crops, run one forward, split back per request."""
+    """Concatenate the requests' crops, run one forward, split back per request.
+
+    Saliency rows of faces outside a request's ``saliency_mask`` are NaN (not computed).
+    """
     sizes = [len(r.crops) for r in reqs]
     total = sum(sizes)
     if total == 0:
@@ -49,11 +54,13 @@ def analyze_batch(analyzer: FaceAnalyzer, reqs: list[InferRequest]) -> list[Infe
     crops = np.concatenate([r.crops for r in reqs if len(r.crops)])
     want_sal = all(r.points01 is not None for r in reqs if len(r.crops))
     pts = np.concatenate([r.points01 for r in reqs if len(r.crops)]) if want_sal else None
+    mask = np.concatenate([np.ones(len(r.crops), bool) if r.saliency_mask is None
+                           else np.asarray(r.saliency_mask, bool) for r in reqs if len(r.crops)])
     t0 = time.perf_counter()
-    probs, sal, au = analyzer.analyze(crops, pts)
+    probs, sal, au = analyzer.analyze(crops, pts, mask)
     dt = (time.perf_counter() - t0) * 1000
     out, i = [], 0
-    key = "fer+saliency" if sal is not None else "fer"
+    key = "fer+saliency" if sal is not None and mask.any() else "fer"
     for n in sizes:
         out.append(InferResult(probs[i:i + n], None if sal is None else sal[i:i + n],
                                None if au is None else au[i:i + n], {key: dt * n / total}, total,

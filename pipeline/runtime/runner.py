@@ -134,6 +134,8 @@ class SessionRunner:
             attempt. Pass the shared outage policy so Redis down waits instead of failing.
         on_result: called on the event loop with each :class:`FrameResult`, in frame order.
         snapshot_stage: attach the face-track state after each frame (checkpoints).
+        saliency_interval_ms: media time between two saliency maps of one track; frames in
+            between carry the track's last map. 0 = a map on every frame.
     """
 
     def __init__(self, session_id: str, stage: FaceTrackStage, builder: TimelineBuilder,
@@ -143,7 +145,7 @@ class SessionRunner:
                  infer_retry: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]] | None = None,
                  sink_retry: Callable[[Callable[[], Any]], Any] = call_once,
                  on_result: Callable[[FrameResult], None] | None = None,
-                 snapshot_stage: bool = False) -> None:
+                 snapshot_stage: bool = False, saliency_interval_ms: int = 0) -> None:
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         self.session_id = session_id
@@ -158,6 +160,9 @@ class SessionRunner:
         self._sink_retry = sink_retry
         self._on_result = on_result
         self._snapshot = snapshot_stage
+        self._sal_interval = saliency_interval_ms
+        self._sal_asked: dict[int, int] = {}        # track -> pts_ms of the last map requested
+        self._sal_last: dict[int, np.ndarray] = {}  # track -> last map received (6,)
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue(maxsize=window)
         self._writer: asyncio.Task | None = None
         self.tracks: set[int] = set()
@@ -183,8 +188,8 @@ class SessionRunner:
         tracked, state = await self._in(self._track_pool, self._track, frame, meta or {})
         fut = None
         if len(tracked.faces):
-            fut = asyncio.ensure_future(self._infer_once(InferRequest(tracked.crops,
-                                                                      tracked.points01)))
+            req = InferRequest(tracked.crops, tracked.points01, self._saliency_mask(tracked))
+            fut = asyncio.ensure_future(self._infer_once(req))
         await self._queue.put(_Pending(tracked, tag, fut, state))
 
     async def drain(self) -> None:
@@ -210,6 +215,36 @@ class SessionRunner:
     def _track(self, frame: Frame, meta: dict) -> tuple[TrackedFrame, dict | None]:
         tracked = self.stage.process(frame, meta)
         return tracked, (self.stage.snapshot() if self._snapshot else None)
+
+    def _saliency_mask(self, t: TrackedFrame) -> np.ndarray | None:
+        """Faces due for a fresh saliency map (the track's first frame, then every interval)."""
+        for tid in t.ended_tracks:
+            self._sal_asked.pop(tid, None)
+        if self._sal_interval <= 0:
+            return None
+        mask = np.zeros(len(t.faces), bool)
+        for i, tid in enumerate(t.faces.track_id.tolist()):
+            last = self._sal_asked.get(tid)
+            if last is None or t.pts_ms - last >= self._sal_interval:
+                mask[i] = True
+                self._sal_asked[tid] = t.pts_ms
+        return mask
+
+    def _held_saliency(self, t: TrackedFrame, sal: np.ndarray | None) -> np.ndarray | None:
+        """Rows not computed this frame (NaN) take the track's last map."""
+        for tid in t.ended_tracks:
+            self._sal_last.pop(tid, None)
+        if sal is None:
+            return None
+        sal = sal.copy()
+        for i, tid in enumerate(t.faces.track_id.tolist()):
+            if np.isnan(sal[i]).any():
+                last = self._sal_last.get(tid)
+                if last is not None:
+                    sal[i] = last
+            else:
+                self._sal_last[tid] = sal[i]
+        return None if np.isnan(sal).any() else sal
 
     async def _infer_once(self, req: InferRequest) -> InferResult | BaseException:
         try:
@@ -248,7 +283,7 @@ class SessionRunner:
             if res is not None:
                 out.timings_ms.update(res.timings_ms)
                 out.batch_faces, out.first_in_batch = res.batch_faces, res.first_in_batch
-                probs, sal, au = res.probs, res.saliency, res.au
+                probs, sal, au = res.probs, self._held_saliency(t, res.saliency), res.au
             else:
                 probs = np.zeros((0, len(self.builder.labels)), np.float32)
                 sal = au = None

@@ -168,3 +168,32 @@ def test_two_sessions_share_inference_forwards(cfg, analyzer, frames):
     assert len(sink.all_points("a")) == 12 == len(sink.all_points("b"))
     # the frames of both sessions met in forwards of more than one face
     assert max(r.batch_faces for r in results) >= 2
+
+
+def test_saliency_at_a_per_track_rate_still_fills_every_point(cfg, analyzer, frames):
+    asked = []
+
+    class CountingInference(LocalInference):
+        async def __call__(self, req):
+            asked.append(int(req.saliency_mask.sum()))
+            return await super().__call__(req)
+
+    sink = ListSink()
+
+    async def main():
+        infer = CountingInference(analyzer)
+        runner = SessionRunner("s1", new_stage(cfg), new_builder(cfg, analyzer.labels), infer,
+                               sink, window=4, saliency_interval_ms=300)
+        await runner.open("test")
+        for frame, meta in ListSource(frames):
+            await runner.submit(frame, meta)
+        await runner.close()
+        infer.close()
+
+    asyncio.run(main())
+    span_ms = frames[-1].pts_ms - frames[0].pts_ms
+    # one map on the track's first frame, then one per 300 ms of media time
+    assert 1 + span_ms // 300 - 1 <= sum(asked) <= 1 + span_ms // 300
+    pts = sink.all_points("s1")
+    assert len(pts) == len(frames)
+    assert all(set(p.saliency) == {"brows", "eyes", "nose", "cheeks", "mouth", "jaw"} for p in pts)
