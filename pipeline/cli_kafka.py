@@ -45,7 +45,8 @@ def publish_cmd(
     from pydantic import ValidationError
 
     from affectstream.pipeline.config import load_config
-    from affectstream.pipeline.kafka_io import BrokerUnavailable, KafkaIOError, SourceError, publish
+    from affectstream.operators.decode import SourceError
+    from affectstream.pipeline.kafka_io import BrokerUnavailable, KafkaIOError, publish
 
     try:
         cfg = load_config(config or None, overrides={
