@@ -112,7 +112,7 @@ class FaceTrackStage:
         return FaceTrackStage(
             FaceDetector(d.model, d.score_thresh, d.nms_iou_thresh, d.max_faces),
             FaceTracker(t.high_score_thresh, t.new_track_thresh, t.iou_match_thresh,
-                        t.lost_track_buffer_ms, t.min_hits),
+                        t.lost_track_buffer_ms, t.min_hits, t.activation_ms),
             FaceMeshLandmarker(max_batch_size=cfg.inference.landmarks_batch),
             CropSpec.from_card(card), d.min_face_px, detect_interval_ms=d.detect_interval_ms)
 

@@ -46,6 +46,20 @@ def _config(config: str | None, overrides: dict) -> "PipelineConfig":  # noqa: F
     raise AssertionError
 
 
+def check_models(cfg: "PipelineConfig", allow_untrained: bool) -> None:  # noqa: F821
+    """Refuse (one-line error, exit 1) or warn about models without trained weights."""
+    from affectstream.pipeline.untrained import UntrainedModelError, check_trained
+
+    inf = cfg.inference
+    try:
+        warnings = (check_trained([inf.fer_model], allow_untrained, "pass --fer-model")
+                    + check_trained([inf.au_model], allow_untrained, "pass --au-model"))
+    except (UntrainedModelError, KeyError) as e:
+        fail(str(e.args[0]))
+    for w in warnings:
+        console.print(f"[bold yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+
+
 def _redis(url: str | None, password: str | None = None) -> tuple[str, str]:
     from affectstream.pipeline.redis_server import RedisUnavailable, resolve_redis
 
@@ -69,6 +83,9 @@ def run(
     fer_model: Optional[str] = typer.Option(None, help="Registry id or checkpoint .pt."),
     au_model: Optional[str] = typer.Option(None, help="'geometric', registry id or .pt."),
     max_frames: Optional[int] = typer.Option(None, help="Stop each stream after N frames."),
+    allow_untrained: bool = typer.Option(
+        False, "--allow-untrained", help="Run a model that has no trained weights (random "
+        "outputs; for tests and development). Warns on every run."),
 ) -> None:
     """Analyse videos or live streams; write per-face timelines to Redis."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -78,6 +95,7 @@ def run(
     cfg = _config(config, {"decode": {"analysis_fps": analysis_fps},
                            "inference": {"fer_model": fer_model, "au_model": au_model},
                            "redis": {"url": redis_url}})
+    check_models(cfg, allow_untrained)
     for s in sources:
         if not is_live(s) and not Path(s).is_file():
             fail(f"video file not found: {s}")
@@ -231,7 +249,7 @@ def demo(
     console.print("fetching pinned weights and the sample clip (first time only)…")
     models_fetch()
     clip = artifact_path("WolfgangLanger_Pexels.mp4")
-    run([str(clip)], ["demo"], redis_url, None, None, None, None, None)
+    run([str(clip)], ["demo"], redis_url, None, None, None, None, None, False)
     timeline("demo", redis_url, None, None, None, 1000, "table", plot)
 
 

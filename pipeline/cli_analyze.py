@@ -8,7 +8,7 @@ and compares expression classification from AU-selective vs random vs highest-va
 the work is done by :mod:`training.au_selectivity`.
 
 Exit codes: 0 done; 2 bad option or unreadable input (missing labels/images, unknown model or
-layer).
+layer, a model without trained weights and no ``--allow-untrained``).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def _ints(text: str) -> tuple[int, ...]:
 @analyze_app.command("au-selectivity")
 def au_selectivity_cmd(
     model: Annotated[str, typer.Option("--model", help="Registered model id "
-                                       "(see 'affectstream models list').")] = "dsan",
+                                       "(see 'affectstream models list').")] = "mini_xception",
     layers: Annotated[str, typer.Option(
         help="Comma-separated module names to analyse (as in model.named_modules(), e.g. "
              "'layer3,layer4'); default: the card's feature_layers or the last two convs.")] = "",
@@ -71,7 +71,8 @@ def au_selectivity_cmd(
     out: Annotated[Path, typer.Option(help="Output folder for the CSV tables and the PNG.")] = Path(
         "au_selectivity"),
     weights: Annotated[str, typer.Option(
-        help="'default' (the card's pretrained weights, random init if none), 'none', or a .pt "
+        help="'default' (the card's pretrained weights; a model without any is refused "
+             "unless --allow-untrained), 'none' (random init, on purpose), or a trained .pt "
              "path.")] = "default",
     pool: Annotated[str, typer.Option(help="Spatial pooling of a map: mean or max.")] = "mean",
     method: Annotated[str, typer.Option(help="Selectivity index: dprime or pearson.")] = "dprime",
@@ -81,6 +82,9 @@ def au_selectivity_cmd(
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 16,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
     seed: Annotated[int, typer.Option(help="Seed of folds, draws and demo jitter.")] = 0,
+    allow_untrained: Annotated[bool, typer.Option(
+        "--allow-untrained", help="Analyse a model that has no trained weights (random "
+        "features; for tests and development). Warns on every run.")] = False,
 ) -> None:
     """Rank feature maps by AU selectivity; write CSV tables and a heatmap PNG."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -93,11 +97,22 @@ def au_selectivity_cmd(
     if method not in ("dprime", "pearson"):
         _fail(f"--method must be dprime or pearson, got {method!r}")
     k_values = _ints(k)
+    from affectstream.pipeline.untrained import UntrainedModelError, check_trained
+
+    w: str | None = None if weights.lower() == "none" else weights
     try:
         get_card(model)
-    except KeyError as e:
+        if w is None:  # random init asked for by name: allowed, but said
+            warnings = [f"--weights none: {model!r} runs with random weights"]
+        elif w == "default":
+            warnings = check_trained([model], allow_untrained, "pass --weights")
+        else:
+            warnings = []
+    except (KeyError, UntrainedModelError) as e:
         _fail(str(e.args[0]))
-    w: str | None = None if weights.lower() == "none" else weights
+        raise
+    for msg in warnings:
+        _err.print(f"[bold yellow]warning:[/] {msg}", highlight=False, soft_wrap=True)
     try:
         if images is None and labels is None:
             faces = aus.default_real_faces(seed=seed)

@@ -98,6 +98,9 @@ def serve_cmd(
         min=0, max=65535, help="HTTP port of the query API (overrides the config).")] = 0,
     connect_timeout: Annotated[float, typer.Option(
         min=0.1, help="Seconds to wait for the broker at start.")] = 10.0,
+    allow_untrained: Annotated[bool, typer.Option(
+        "--allow-untrained", help="Serve a model that has no trained weights (random outputs; "
+        "for tests and development). Warns at start.")] = False,
 ) -> None:
     """Run the service: Kafka consumers + inference + Redis sink + HTTP query API.
 
@@ -119,6 +122,14 @@ def serve_cmd(
         check_bind(cfg.api.host, cfg.api.auth_token)
     except (FileNotFoundError, ValidationError, ValueError) as e:
         _fail(2, f"bad configuration: {e}")
+    from affectstream.pipeline.untrained import UntrainedModelError, check_trained
+
+    try:
+        for w in (check_trained([cfg.inference.fer_model], allow_untrained, "set inference.fer_model in the config to")
+                  + check_trained([cfg.inference.au_model], allow_untrained, "set inference.au_model in the config to")):
+            _err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+    except (UntrainedModelError, KeyError) as e:
+        _fail(2, str(e.args[0]))
     try:
         url, how = resolve_redis(cfg.redis.url, cfg.redis.password)
     except RedisUnavailable as e:

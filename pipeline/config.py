@@ -60,12 +60,18 @@ class DetectConfig(_Frozen):
 class TrackConfig(_Frozen):
     high_score_thresh: float = Field(
         0.6, ge=0, le=1, description="Detections at or above this enter the first association.")
-    new_track_thresh: float = Field(0.65, ge=0, le=1, description="Score needed to start a track.")
+    new_track_thresh: float = Field(
+        0.65, ge=0, le=1, description="Score that starts a track at once; a detection below it "
+        "starts a tentative track that needs activation_ms of consecutive frames.")
     iou_match_thresh: float = Field(
         0.2, ge=0, le=1, description="Minimum IoU between a track's predicted box and a detection.")
     lost_track_buffer_ms: int = Field(
         2000, ge=0, description="How long a lost track may be re-found before it ends (ms).")
     min_hits: int = Field(1, ge=1, description="Matched frames before a track is reported.")
+    activation_ms: int = Field(
+        60, ge=0, description="A detection scoring below new_track_thresh becomes a track once "
+        "matched in every frame for this long (media ms): 3 frames at 25-30 fps, 2 at 10 fps. "
+        "0 = every detection starts a track at once.")
 
 
 class InferenceConfig(_Frozen):

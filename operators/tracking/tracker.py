@@ -1,13 +1,19 @@
 """ByteTrack-style multi-face tracker with time-aware Kalman prediction.
 
-Association per frame (Zhang et al., "ByteTrack", ECCV 2022, §3):
-  1. high-score detections (``>= high_score_thresh``) vs every live track (active and lost) by IoU
-     of the Kalman-predicted box;
-  2. remaining low-score detections vs the still-unmatched *active* tracks (recovers faces whose
-     score dipped, e.g. under motion blur or partial occlusion);
-  3. unmatched high-score detections with score ``>= new_track_thresh`` start new tracks;
-  4. a track unmatched for longer than ``lost_track_buffer_ms`` (media time) ends.
-Times are media times (``pts_ms``), so the buffer means the same whatever the frame rate.
+Association per frame (Zhang et al., "ByteTrack", ECCV 2022, §3 and its reference code):
+  1. high-score detections (``>= high_score_thresh``) vs every live track (confirmed, lost and
+     tentative) by IoU of the Kalman-predicted box;
+  2. remaining low-score detections vs the still-unmatched tracks (recovers faces whose score
+     dipped, e.g. under motion blur or partial occlusion). Unlike ByteTrack, lost tracks take part
+     too: a face that scores low most of the time would otherwise get a new id after every miss;
+  3. unmatched detections start tracks: at once (confirmed) when the score is
+     ``>= new_track_thresh``, otherwise *tentative*. A tentative track is confirmed once it has
+     been matched in every frame for ``activation_ms`` (ByteTrack's activation of unconfirmed
+     tracks, in media time); one missed frame deletes it. Only confirmed tracks get an id and are
+     reported, so a face that the detector keeps finding becomes a track whatever its score,
+     while a one-frame false detection never does;
+  4. a confirmed track unmatched for longer than ``lost_track_buffer_ms`` (media time) ends.
+Times are media times (``pts_ms``), so the buffers mean the same whatever the frame rate.
 """
 
 from __future__ import annotations
@@ -23,11 +29,13 @@ from affectstream.operators.tracking.matching import assign, iou_matrix
 
 @dataclasses.dataclass
 class _Track:
-    track_id: int
+    track_id: int  # 0 while tentative
     kf: BoxKalman
     last_ms: int
     hits: int = 1
     lost: bool = False
+    confirmed: bool = True
+    start_ms: int = 0
 
 
 @dataclasses.dataclass
@@ -44,21 +52,32 @@ class FaceTracker:
 
     Args:
         high_score_thresh: detections at or above this enter the first association stage.
-        new_track_thresh: score needed to start a new track.
+        new_track_thresh: score that starts a confirmed track at once; unmatched detections below
+            it start tentative tracks.
         iou_match_thresh: minimum IoU between a predicted track box and a detection.
         lost_track_buffer_ms: a track unmatched this long (media ms) ends; a face re-found within
             the buffer keeps its id.
         min_hits: matched frames before a track's faces are reported.
+        activation_ms: media time (ms) a tentative track must be matched in every frame before
+            it is confirmed, gets an id and is reported; 60 ms is 3 frames at 25-30 fps and 2 at
+            10 fps. 0 confirms every detection at once. Larger values suppress more flickering
+            false detections but report a low-scoring face later.
+
+    Raises:
+        ValueError: a negative ``activation_ms``.
     """
 
     def __init__(self, high_score_thresh: float = 0.6, new_track_thresh: float = 0.65,
                  iou_match_thresh: float = 0.2, lost_track_buffer_ms: int = 2000,
-                 min_hits: int = 1) -> None:
+                 min_hits: int = 1, activation_ms: int = 60) -> None:
+        if activation_ms < 0:
+            raise ValueError(f"activation_ms must be >= 0, got {activation_ms}")
         self.high = high_score_thresh
         self.new = new_track_thresh
         self.iou_thresh = iou_match_thresh
         self.buffer_ms = lost_track_buffer_ms
         self.min_hits = min_hits
+        self.activation_ms = activation_ms
         self.reset()
 
     def reset(self) -> None:
@@ -69,14 +88,18 @@ class FaceTracker:
         self.ended: list[int] = []
 
     def snapshot(self) -> TrackerState:
+        """The tracker's state (tracks, next id, last frame time), for :meth:`restore`."""
         return TrackerState(self._tracks, self._next_id, self._last_ms)
 
     def restore(self, state: TrackerState) -> None:
+        """Continue from a :meth:`snapshot` (states saved before tentative tracks existed load
+        as all-confirmed)."""
         self._tracks, self._next_id, self._last_ms = state.tracks, state.next_id, state.last_ms
 
     @property
     def active_ids(self) -> list[int]:
-        return [t.track_id for t in self._tracks if not t.lost]
+        """Ids of the confirmed tracks matched in the last frame."""
+        return [t.track_id for t in self._tracks if not t.lost and t.confirmed]
 
     def update(self, faces: Faces, t_ms: int) -> Faces:
         """Track one frame's detections.
@@ -86,9 +109,9 @@ class FaceTracker:
             t_ms: media time of the frame (ms), non-decreasing.
 
         Returns:
-            The reported faces: one row per track matched in this frame (box = the detection,
-            ``track_id`` set), other columns taken from the matched detection, in detection order.
-            Ids of tracks ended by this update are in ``self.ended``.
+            The reported faces: one row per confirmed track matched in this frame (box = the
+            detection, ``track_id`` set), other columns taken from the matched detection, in
+            detection order. Ids of tracks ended by this update are in ``self.ended``.
 
         Raises:
             ValueError: ``t_ms`` earlier than the previous frame's.
@@ -108,11 +131,10 @@ class FaceTracker:
         m1, un_tracks, un_hi = assign(iou_matrix(pred, boxes[hi]), self.iou_thresh)
         for ti, dj in m1:
             det_to_track[int(hi[dj])] = ti
-        # stage 2: low-score detections vs unmatched active tracks
-        act = [ti for ti in un_tracks if not self._tracks[ti].lost]
-        m2, _, _ = assign(iou_matrix(pred[act], boxes[lo]), self.iou_thresh)
+        # stage 2: low-score detections vs the unmatched tracks
+        m2, _, un_lo = assign(iou_matrix(pred[un_tracks], boxes[lo]), self.iou_thresh)
         for ai, dj in m2:
-            det_to_track[int(lo[dj])] = act[ai]
+            det_to_track[int(lo[dj])] = un_tracks[ai]
 
         for d, ti in det_to_track.items():
             tr = self._tracks[ti]
@@ -120,25 +142,33 @@ class FaceTracker:
             tr.last_ms = t_ms
             tr.hits += 1
             tr.lost = False
+            if not tr.confirmed and t_ms - tr.start_ms >= self.activation_ms:
+                self._confirm(tr)
         matched = set(det_to_track.values())
         for ti, tr in enumerate(self._tracks):
             if ti not in matched:
                 tr.lost = True
-        # stage 3: new tracks
-        for dj in un_hi:
-            d = int(hi[dj])
-            if scores[d] >= self.new:
-                self._tracks.append(_Track(self._next_id, BoxKalman(boxes[d]), t_ms))
-                det_to_track[d] = len(self._tracks) - 1
-                self._next_id += 1
-        # stage 4: end tracks lost too long
-        self.ended = [t.track_id for t in self._tracks if t.lost and t_ms - t.last_ms > self.buffer_ms]
-        keep_ids = {t.track_id for t in self._tracks} - set(self.ended)
-
+        # stage 3: new tracks, confirmed at once or tentative
+        for d in sorted([int(hi[j]) for j in un_hi] + [int(lo[j]) for j in un_lo]):
+            tr = _Track(0, BoxKalman(boxes[d]), t_ms, confirmed=False, start_ms=t_ms)
+            if scores[d] >= self.new or self.activation_ms == 0:
+                self._confirm(tr)
+            self._tracks.append(tr)
+            det_to_track[d] = len(self._tracks) - 1
+        # stage 4: end confirmed tracks lost too long; drop tentative tracks missed once
+        self.ended = [t.track_id for t in self._tracks
+                      if t.confirmed and t.lost and t_ms - t.last_ms > self.buffer_ms]
+        dead = set(self.ended)
         rows = sorted(d for d, ti in det_to_track.items()
-                      if self._tracks[ti].hits >= self.min_hits)
+                      if self._tracks[ti].confirmed and self._tracks[ti].hits >= self.min_hits)
         ids = np.array([self._tracks[det_to_track[d]].track_id for d in rows], np.int64)
-        self._tracks = [t for t in self._tracks if t.track_id in keep_ids]
+        self._tracks = [t for t in self._tracks if (t.confirmed and t.track_id not in dead)
+                        or (not t.confirmed and not t.lost)]
         idx = np.array(rows, np.int64)
         return Faces(boxes[idx], scores[idx], ids,
                      None if faces.landmarks is None else faces.landmarks[idx])
+
+    def _confirm(self, tr: _Track) -> None:
+        tr.confirmed = True
+        tr.track_id = self._next_id
+        self._next_id += 1

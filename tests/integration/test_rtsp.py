@@ -1,7 +1,8 @@
 """A real RTSP server (GStreamer's gst-rtsp-server) feeding the decoder over TCP.
 
-Skipped when Debian's python3-gi / gir1.2-gst-rtsp-server-1.0 are not installed (they live outside
-virtual environments; see tests/integration/rtsp_server.py).
+Needs Debian's python3-gi / gir1.2-gst-rtsp-server-1.0 and GStreamer plugins (they live outside
+virtual environments; see tests/integration/rtsp_server.py), which `.ci/setup` installs when run as
+root; skipped where they are missing.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def _remux(src: Path, dst: Path, loops: int = 3) -> Path:
 @pytest.fixture(scope="module")
 def rtsp_url(media, tmp_path_factory):
     if not _has_gst_rtsp():
-        pytest.skip("gst-rtsp-server for Debian's python3 is not installed")
+        pytest.skip("gst-rtsp-server for Debian's python3 is not installed: run `bash .ci/setup` "
+                    "as root (it installs gir1.2-gst-rtsp-server-1.0 and the GStreamer plugins)")
     clip = _remux(media("single_face.mp4"), tmp_path_factory.mktemp("rtsp") / "clip.mp4")
     port = free_port()
     proc = subprocess.Popen([SYS_PY, str(SERVER), str(clip), str(port)],

@@ -86,8 +86,9 @@ def test_serve_config_validates_with_ray_serve_schema(render, overlay: str) -> N
 
 def test_import_path_names_a_module_of_the_project(render) -> None:
     module, _, attr = IMPORT_PATH.partition(":")
-    assert module.startswith("affectstream."), module  # the installed namespace (pyproject)
-    rel = Path(*module.split(".")[1:])
+    parts = module.split(".")
+    assert parts[0] == "affectstream", f"{module} is not in the affectstream namespace"
+    rel = Path(*parts[1:])  # affectstream.<folder>... maps to the repository's <folder>/...
     assert (ROOT / rel.with_suffix(".py")).is_file() or (ROOT / rel / "__init__.py").is_file(), (
         f"{module} does not exist in the project")
     assert attr.isidentifier()

@@ -86,3 +86,22 @@ def test_bad_frame_is_flagged_not_raised(clips):
     stage.detector = None  # a broken stage step for this frame
     r = stage.process(Frame("s", 0, 0, 0, face[0]))
     assert r.error and len(r.faces) == 0 and r.seq == 0
+
+
+@pytest.mark.parametrize("name,n_tracks", [
+    ("t1.jpg", 6),          # six people; two faces score 0.62 and 0.55, below new_track_thresh
+    ("multi_face.jpg", 5),  # five people, all above it
+])
+def test_clip_of_a_group_photo_gives_one_track_per_person(media, name, n_tracks):
+    img = cv2.cvtColor(cv2.imread(str(media(name))), cv2.COLOR_BGR2RGB)
+    res = _run(_stage(), [img] * 8)
+    ids = [sorted(r.faces.track_id.tolist()) for r in res]
+    assert {i for x in ids for i in x} == set(range(1, n_tracks + 1))
+    assert all(x == list(range(1, n_tracks + 1)) for x in ids[2:])  # from the third frame on
+    assert not any(r.ended_tracks or r.error for r in res)
+
+
+def test_clip_without_a_face_gives_no_track(clips):
+    _, empty = clips
+    res = _run(_stage(), empty)
+    assert len(res) > 30 and all(len(r.faces) == 0 and r.error is None for r in res)

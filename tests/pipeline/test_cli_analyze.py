@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -51,3 +53,23 @@ def test_bad_options_exit_2_with_a_message(args, message):
     res = CliRunner().invoke(analyze_app, ["au-selectivity", *args])
     assert res.exit_code == 2
     assert message in res.output
+
+
+def _analyze_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "affectstream.pipeline.cli", "analyze",
+                           "au-selectivity", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_model_without_trained_weights_is_refused_then_allowed_with_a_warning(labelled_dir,
+                                                                              tmp_path):
+    opts = ["--model", "ampnet", "--images", str(labelled_dir), "--out", str(tmp_path / "o"),
+            "--k", "4", "--n-random", "1", "--cv", "2"]
+    r = _analyze_cli(*opts)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert ("affectstream train configs/train/ampnet_rafdb.yaml" in r.stderr
+            and "--weights runs/ampnet/best.pt" in r.stderr and "--allow-untrained" in r.stderr)
+    assert not (tmp_path / "o").exists()
+    r = _analyze_cli(*opts, "--allow-untrained")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "warning: model 'ampnet' has no trained weights" in r.stderr
+    assert (tmp_path / "o" / "au_selectivity.csv").is_file()
