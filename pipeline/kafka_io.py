@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from affectstream.operators.decode import VideoSource
+from affectstream.operators.decode import SourceError, VideoSource  # noqa: F401  (re-exported: publish raises it)
 from affectstream.operators.records import Frame
 from affectstream.pipeline import metrics
 from affectstream.pipeline.config import KafkaConfig
