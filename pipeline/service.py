@@ -742,6 +742,7 @@ class KafkaStream:
         for k, v in timings.items():
             metrics.STAGE_LATENCY_MS.labels(stage=k).observe(v)
         metrics.STAGE_LATENCY_MS.labels(stage="publish_to_redis").observe(max(0.0, e2e))
+        return True
 
     def _produce(self, s: _Session, points: list) -> None:
         key = s.sid.encode()
