@@ -20,7 +20,8 @@ def _long_session(media, sid: str) -> list:
     for rep in range(3):
         for k, v, h in clip_messages(str(media("single_face.mp4")), sid, 15, T0 + 3000 * rep):
             hd = dict(h)
-            msgs.append(with_header((k, v, h), "seq", str(int(hd["seq"]) + 1000 * rep).encode()))
+            m = with_header((k, v, h), "seq", str(int(hd["seq"]) + 1000 * rep).encode())
+            msgs.append(with_header(m, "pts_ms", str(int(hd["pts_ms"]) + 3000 * rep).encode()))
     return msgs
 
 
