@@ -153,9 +153,9 @@ class KafkaConfig(_Frozen):
         "record timestamp (refused as ts_out_of_window). Off by default: archived footage "
         "carries old capture times.")
     max_inflight_frame_bytes: int = Field(
-        512 << 20, ge=1 << 20, description="Decoded frame bytes one consumer holds (polled, not "
+        384 << 20, ge=1 << 20, description="Decoded frame bytes one consumer holds (polled, not "
         "yet face-tracked); at the budget it pauses its partitions until frames are processed. "
-        "The default keeps a consumer (~0.7 GB of models) within about 2 GB.")
+        "The default keeps a consumer (~0.5-0.7 GB of models) well within 2 GB.")
     max_delivery_attempts: int = Field(
         3, ge=1, description="Poison-pill rule: a message whose processing was started this "
         "many times without finishing (its consumer crashed each time) is dead-lettered as "
