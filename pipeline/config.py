@@ -149,12 +149,42 @@ class KafkaConfig(_Frozen):
         "above this it pauses its partitions (backpressure).")
     session_idle_s: float = Field(
         120.0, gt=0, description="A session without frames this long is checkpointed, its "
-        "in-memory state freed and its status set to 'idle' (session TTL starts).")
+        "in-memory state freed and its status set to 'ended' (redis.session_ttl_s starts; a "
+        "later frame resumes it as 'running').")
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest image, bytes.")
     max_pixels: int = Field(4096 * 4096, ge=1, description="Largest image, pixels (w*h).")
+    min_ts_ms: int = Field(0, ge=0, description="Smallest accepted envelope ts_ms (epoch ms).")
+    max_ts_ms: int = Field(
+        4_102_444_800_000, ge=1, le=(1 << 64) - 1, description="Largest accepted envelope ts_ms "
+        "(epoch ms; default 2100-01-01). Timeline entry ids are ts_ms, so an absurd future "
+        "timestamp would shadow every later point of its track.")
+    max_ts_skew_ms: int | None = Field(
+        None, ge=0, description="If set, ts_ms must lie within this many ms of the broker's "
+        "record timestamp (refused as ts_out_of_window). Off by default: archived footage "
+        "carries old capture times.")
+    max_inflight_frame_bytes: int = Field(
+        384 << 20, ge=1 << 20, description="Decoded frame bytes one consumer holds (polled, not "
+        "yet face-tracked); at the budget it pauses its partitions until frames are processed. "
+        "The default keeps a consumer (~0.5-0.7 GB of models) well within 2 GB.")
+    max_delivery_attempts: int = Field(
+        3, ge=1, description="Poison-pill rule: a message whose processing was started this "
+        "many times without finishing (its consumer crashed each time) is dead-lettered as "
+        "poison_pill on its next delivery. Attempts are counted in Redis.")
+    checkpoint_key_file: str | None = Field(
+        None, description="File holding the HMAC-SHA256 key that signs session checkpoints "
+        "(env AFFECTSTREAM_CHECKPOINT_KEY takes precedence). With a key, unsigned or "
+        "wrongly signed checkpoints are ignored.")
     sasl_username: str | None = None
     sasl_password: str | None = None
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", description="SASL mechanism with sasl_username/sasl_password.")
     security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL"] = "PLAINTEXT"
+    ssl_cafile: str | None = Field(None, description="CA bundle (PEM) to verify the brokers.")
+    ssl_certfile: str | None = Field(None, description="Client certificate (PEM) for mTLS.")
+    ssl_keyfile: str | None = Field(None, description="Client private key (PEM) for mTLS.")
+    ssl_password: str | None = Field(
+        None, description="Password of ssl_keyfile (prefer env AFFECTSTREAM_KAFKA_SSL_PASSWORD).")
+    ssl_check_hostname: bool = Field(True, description="Verify the broker's host name.")
 
 
 class ApiConfig(_Frozen):
@@ -191,6 +221,7 @@ _ENV = {
     "AFFECTSTREAM_KAFKA_BOOTSTRAP": ("kafka", "bootstrap"),
     "AFFECTSTREAM_KAFKA_USERNAME": ("kafka", "sasl_username"),
     "AFFECTSTREAM_KAFKA_PASSWORD": ("kafka", "sasl_password"),
+    "AFFECTSTREAM_KAFKA_SSL_PASSWORD": ("kafka", "ssl_password"),
     "AFFECTSTREAM_API_TOKEN": ("api", "auth_token"),
 }
 

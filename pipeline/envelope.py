@@ -17,7 +17,10 @@ limit, the per-session sequence (:class:`SeqGuard`), then decodes. Every refusal
 and as the ``error`` header of the dead-letter copy:
 
     missing_header:<name>   a required header is absent
-    bad_header:<name>       a header is present but invalid (not UTF-8, wrong value, duplicated)
+    bad_header:<name>       a header is present but invalid (not UTF-8, wrong value, out of its
+                            range, longer than 256 bytes, duplicated); ``ts_ms`` outside
+                            ``Limits.min_ts_ms..max_ts_ms``
+    ts_out_of_window        ``ts_ms`` too far from the broker timestamp (``max_ts_skew_ms``)
     key_mismatch            message key is not the ``session_id`` header
     empty_image             value is empty
     too_many_bytes          value longer than ``Limits.max_bytes``
@@ -52,6 +55,13 @@ SESSION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 """Allowed session ids: they become part of Redis keys with a ``{sid}`` hash tag, so no braces,
 spaces or slashes; 1–128 characters."""
 
+MAX_INT64 = (1 << 63) - 1
+MAX_UINT64 = (1 << 64) - 1
+MAX_SIDE = 65535
+"""Largest width / height (the JPEG limit); ``Limits.max_pixels`` bounds the area."""
+MAX_HEADER_BYTES = 256
+"""Longest value of a known header, bytes (longer: ``bad_header:<name>``)."""
+
 _REQUIRED = ("schema", "session_id", "seq", "ts_ms", "codec")
 _OPTIONAL = ("width", "height", "pts_ms")
 _KNOWN = frozenset(_REQUIRED + _OPTIONAL)
@@ -77,23 +87,24 @@ class FrameEnvelope(BaseModel):
     Attributes:
         schema_id: always ``affect.frame.v1`` (header ``schema``).
         session_id: session the frame belongs to; also the message key.
-        seq: per-session frame counter, increasing (not necessarily contiguous), >= 0.
-        ts_ms: capture time, epoch milliseconds.
+        seq: per-session frame counter, increasing (not necessarily contiguous), 0..2**63-1.
+        ts_ms: capture time, epoch milliseconds, 0 <= ts_ms < 2**64 (narrowed by
+            :class:`Limits`).
         codec: ``jpeg`` or ``png``.
-        width / height: image size in pixels, if the producer declared it.
-        pts_ms: media time in ms from the start of the source, if known.
+        width / height: image size in pixels (1..65535), if the producer declared it.
+        pts_ms: media time in ms from the start of the source (0..2**63-1), if known.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
     schema_id: Literal["affect.frame.v1"] = Field(SCHEMA, alias="schema")
     session_id: str = Field(pattern=SESSION_ID_PATTERN)
-    seq: int = Field(ge=0)
-    ts_ms: int = Field(ge=0)
+    seq: int = Field(ge=0, le=MAX_INT64)
+    ts_ms: int = Field(ge=0, le=MAX_UINT64)
     codec: Literal["jpeg", "png"]
-    width: int | None = Field(None, ge=1)
-    height: int | None = Field(None, ge=1)
-    pts_ms: int | None = Field(None, ge=0)
+    width: int | None = Field(None, ge=1, le=MAX_SIDE)
+    height: int | None = Field(None, ge=1, le=MAX_SIDE)
+    pts_ms: int | None = Field(None, ge=0, le=MAX_INT64)
 
     def headers(self) -> Headers:
         """The envelope as Kafka headers, required ones first."""
@@ -111,20 +122,28 @@ class FrameEnvelope(BaseModel):
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
-    """Size limits applied before decoding (config ``kafka.max_message_bytes`` / ``max_pixels``).
+    """Limits applied before decoding (config ``kafka.max_message_bytes``, ``max_pixels``,
+    ``min_ts_ms``, ``max_ts_ms``, ``max_ts_skew_ms``).
 
     Attributes:
         max_bytes: largest accepted encoded image, bytes.
         max_pixels: largest accepted image, width * height pixels.
+        min_ts_ms / max_ts_ms: accepted range of ``ts_ms``, epoch ms (inclusive).
+        max_ts_skew_ms: if set, ``|ts_ms - broker timestamp|`` must not exceed it, ms.
     """
 
     max_bytes: int = 4 * 1024 * 1024
     max_pixels: int = 4096 * 4096
+    min_ts_ms: int = 0
+    max_ts_ms: int = 4_102_444_800_000
+    max_ts_skew_ms: int | None = None
 
     @staticmethod
     def from_config(cfg: KafkaConfig) -> Limits:
         """Limits of a :class:`~pipeline.config.KafkaConfig`."""
-        return Limits(max_bytes=cfg.max_message_bytes, max_pixels=cfg.max_pixels)
+        return Limits(max_bytes=cfg.max_message_bytes, max_pixels=cfg.max_pixels,
+                      min_ts_ms=cfg.min_ts_ms, max_ts_ms=cfg.max_ts_ms,
+                      max_ts_skew_ms=cfg.max_ts_skew_ms)
 
 
 class SeqGuard:
@@ -243,6 +262,8 @@ def parse_headers(headers: Headers | None) -> FrameEnvelope:
             continue
         if name in raw:
             raise EnvelopeError(f"bad_header:{name}", "header given more than once")
+        if value is not None and len(value) > MAX_HEADER_BYTES:
+            raise EnvelopeError(f"bad_header:{name}", f"{len(value)} bytes > {MAX_HEADER_BYTES}")
         try:
             raw[name] = value.decode("utf-8") if value is not None else ""
         except (UnicodeDecodeError, AttributeError):
@@ -328,9 +349,25 @@ def _complete(value: bytes, codec: str) -> bool:
     return value[-12:-8] == b"\x00\x00\x00\x00" and value[-8:-4] == b"IEND"
 
 
+def check_ts(env: FrameEnvelope, limits: Limits, broker_ts_ms: int | None = None) -> None:
+    """Refuse a ``ts_ms`` outside ``limits`` (``bad_header:ts_ms``) or too far from the broker's
+    record timestamp (``ts_out_of_window``; only with ``limits.max_ts_skew_ms``).
+
+    Raises:
+        EnvelopeError: as above.
+    """
+    if not limits.min_ts_ms <= env.ts_ms <= limits.max_ts_ms:
+        raise EnvelopeError("bad_header:ts_ms", f"{env.ts_ms} outside [{limits.min_ts_ms}, "
+                            f"{limits.max_ts_ms}]")
+    if (limits.max_ts_skew_ms is not None and broker_ts_ms is not None and broker_ts_ms >= 0
+            and abs(env.ts_ms - broker_ts_ms) > limits.max_ts_skew_ms):
+        raise EnvelopeError("ts_out_of_window", f"ts_ms {env.ts_ms} is {env.ts_ms - broker_ts_ms}"
+                            f" ms from the broker timestamp (limit {limits.max_ts_skew_ms})")
+
+
 def decode(msg_key: bytes | None, value: bytes | None, headers: Headers | None,
-           limits: Limits = Limits(), seq_guard: SeqGuard | None = None
-           ) -> tuple[FrameEnvelope, np.ndarray]:
+           limits: Limits = Limits(), seq_guard: SeqGuard | None = None,
+           broker_ts_ms: int | None = None) -> tuple[FrameEnvelope, np.ndarray]:
     """Validate and decode one message.
 
     Args:
@@ -340,6 +377,7 @@ def decode(msg_key: bytes | None, value: bytes | None, headers: Headers | None,
         limits: byte and pixel limits.
         seq_guard: if given, ``seq`` must be above the session's last accepted seq; on success
             the seq is recorded.
+        broker_ts_ms: the record's broker timestamp, epoch ms (for ``limits.max_ts_skew_ms``).
 
     Returns:
         ``(envelope, image)`` with ``image`` (H, W, 3) uint8 RGB.
@@ -348,6 +386,7 @@ def decode(msg_key: bytes | None, value: bytes | None, headers: Headers | None,
         EnvelopeError: with a machine-readable ``reason`` (module docstring).
     """
     env = parse_headers(headers)
+    check_ts(env, limits, broker_ts_ms)
     if msg_key is None or msg_key != env.session_id.encode():
         raise EnvelopeError("key_mismatch",
                             f"key {msg_key[:64] if msg_key else msg_key!r} != session_id "

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from affectstream.operators.decode import VideoSource
+from affectstream.operators.decode import SourceError, VideoSource  # noqa: F401  (re-exported: publish raises it)
 from affectstream.operators.records import Frame
 from affectstream.pipeline import metrics
 from affectstream.pipeline.config import KafkaConfig
@@ -63,15 +63,22 @@ def client_kwargs(cfg: KafkaConfig | None = None, bootstrap: str | None = None) 
     """Connection settings shared by producers, consumers and admin clients.
 
     Args:
-        cfg: Kafka config (security protocol, SASL credentials).
+        cfg: Kafka config: security protocol, SASL mechanism (PLAIN, SCRAM-SHA-256/512) and
+            credentials, TLS CA / client certificate / key files.
         bootstrap: overrides ``cfg.bootstrap``.
     """
     cfg = cfg or KafkaConfig()
     kw: dict[str, Any] = {"bootstrap_servers": (bootstrap or cfg.bootstrap).split(","),
                           "security_protocol": cfg.security_protocol}
     if cfg.sasl_username:
-        kw.update(sasl_mechanism="PLAIN", sasl_plain_username=cfg.sasl_username,
+        # kafka-python takes the SCRAM credentials in the sasl_plain_* settings too
+        kw.update(sasl_mechanism=cfg.sasl_mechanism, sasl_plain_username=cfg.sasl_username,
                   sasl_plain_password=cfg.sasl_password or "")
+    if cfg.security_protocol in ("SSL", "SASL_SSL"):
+        kw["ssl_check_hostname"] = cfg.ssl_check_hostname
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password"):
+            if getattr(cfg, name):
+                kw[name] = getattr(cfg, name)
     return kw
 
 
@@ -564,6 +571,10 @@ class FrameConsumer:
         dead_letter: DLQ producer to use; default: one made from ``cfg`` (closed by :meth:`close`).
         check_seq: refuse duplicate / out-of-order ``seq`` per session (:class:`SeqGuard`).
         consumer_kw: extra ``KafkaConsumer`` settings.
+        attempts: poison-pill counter (:class:`pipeline.poison.DeliveryAttempts`, or any object
+            with its ``begin`` / ``step_done`` / ``finish``); each message is counted before it
+            is decoded, and one counted more than ``cfg.max_delivery_attempts`` times is
+            dead-lettered as ``poison_pill``. None: no poison-pill rule.
 
     Raises:
         BrokerUnavailable: no broker answered.
@@ -572,7 +583,8 @@ class FrameConsumer:
     def __init__(self, cfg: KafkaConfig, *, group_id: str | None = None,
                  client_id: str = "affectstream-frames", auto_offset_reset: str = "earliest",
                  max_poll_records: int = 64, dead_letter: DeadLetter | None = None,
-                 check_seq: bool = True, consumer_kw: dict[str, Any] | None = None) -> None:
+                 check_seq: bool = True, consumer_kw: dict[str, Any] | None = None,
+                 attempts: Any = None) -> None:
         from kafka import KafkaConsumer
         from kafka.errors import KafkaError
 
@@ -581,6 +593,7 @@ class FrameConsumer:
         self.tracker = OffsetTracker()
         self.seq_guard = SeqGuard() if check_seq else None
         self.stats = ConsumerStats()
+        self.attempts = attempts
         self._assigned: set[Any] = set()
         self._dlq_failed: collections.deque[tuple[Any, str, str]] = collections.deque()
         kw: dict[str, Any] = {
@@ -689,15 +702,26 @@ class FrameConsumer:
                                 rec.offset)
                     self.tracker.forget([tp])
                     self.tracker.track(tp, rec.offset)
+                if self.attempts is not None:
+                    n = self.attempts.begin(rec.topic, rec.partition, rec.offset)
+                    if n > self.cfg.max_delivery_attempts:
+                        self.attempts.finish(rec.topic, rec.partition, rec.offset)
+                        self._dead_letter(rec, "poison_pill", f"processing began {n - 1} times "
+                                          "and never finished (its consumer crashed)")
+                        continue
                 try:
                     env, img = decode(rec.key, rec.value, rec.headers, self.limits,
-                                      self.seq_guard)
-                except EnvelopeError as e:
-                    self._dead_letter(rec, e.reason, e.detail)
-                    continue
+                                      self.seq_guard, getattr(rec, "timestamp", None))
                 except Exception as e:  # noqa: BLE001  (never let one message stop the stream)
-                    self._dead_letter(rec, "internal_error", f"{type(e).__name__}: {e}")
+                    if isinstance(e, EnvelopeError):
+                        self._dead_letter(rec, e.reason, e.detail)
+                    else:
+                        self._dead_letter(rec, "internal_error", f"{type(e).__name__}: {e}")
+                    if self.attempts is not None:
+                        self.attempts.finish(rec.topic, rec.partition, rec.offset)
                     continue
+                if self.attempts is not None:
+                    self.attempts.step_done(rec.topic, rec.partition, rec.offset)
                 out.append(ConsumedFrame(env, img, rec.topic, rec.partition, rec.offset))
         self.stats.frames += len(out)
         if out:

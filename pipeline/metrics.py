@@ -40,6 +40,10 @@ STAGE_LATENCY_MS = Histogram(
 CHECKPOINTS = Counter(
     "affectstream_session_checkpoints",
     "Per-session tracker/smoother state checkpoints written to Redis by Kafka consumers.")
+CHECKPOINTS_REJECTED = Counter(
+    "affectstream_checkpoints_rejected",
+    "Session checkpoints ignored (unreadable, foreign format or version, bad signature); the "
+    "session started blank.", ["reason"])
 REPLAY_SKIPPED = Counter(
     "affectstream_frames_replay_skipped",
     "Re-delivered Kafka frames skipped because a session checkpoint already covers them.")

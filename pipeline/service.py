@@ -24,8 +24,21 @@ the next owner restores each session from its checkpoint, skips frames the check
 recomputes the rest from the same state: same track ids, same timestamps, so Redis rejects the
 replayed points and none is lost or doubled.
 
-Malformed messages go to ``kafka.dlq_topic`` with the reason in the ``error`` header
-(:class:`~pipeline.kafka_io.FrameConsumer`); the stream goes on.
+Any failure on one message sends that message to ``kafka.dlq_topic`` with the reason in the
+``error`` header and the partition goes on: a malformed envelope (the reasons of
+:mod:`pipeline.envelope`, refused by :class:`~pipeline.kafka_io.FrameConsumer`), and while it is
+analysed ``track_error`` (face-tracking raised), ``inference_error`` (the models raised three
+times), ``timeline_error`` (smoothing / point building raised), ``store_error`` (Redis refused
+its points, e.g. an invalid stream id, or its session cannot be opened), ``partition_mismatch``
+(a session's frames on two partitions), ``internal_error`` (decoding raised unexpectedly) and
+``poison_pill`` (its processing began ``kafka.max_delivery_attempts`` times and the consumer
+crashed each time, :mod:`pipeline.poison`). A Redis *outage* (connection lost, LOADING, OOM,
+READONLY, ...) is not a message failure: the session waits and retries.
+
+Memory: decoded images polled and not yet face-tracked count against
+``kafka.max_inflight_frame_bytes`` per consumer; at the budget the consumer pauses its
+partitions (``KafkaConsumer.pause``) and resumes below it, and a poll never asks for more
+max-size frames than the budget has room for.
 
 Metrics: the consumer actors push their Prometheus registry to Redis once a second and the API's
 ``/metrics`` renders the cluster-wide totals (:mod:`pipeline.metrics_agg`).
@@ -99,6 +112,8 @@ class _Session:
         self.inbox: asyncio.Queue = asyncio.Queue()
         self.outbox: asyncio.Queue = asyncio.Queue(maxsize=max_in_flight)
         self.held = 0              # frames routed here and not yet written / skipped
+        self.held_bytes = 0        # decoded image bytes routed here, not yet face-tracked
+        self.broken: str | None = None  # the session could not be opened: its frames -> DLQ
         self.last_offset = -1      # newest offset routed here
         self.skip_upto = -1        # frames at or below this are covered by the checkpoint
         self.pending: list[int] = []  # offsets written, not yet covered by a checkpoint
@@ -125,6 +140,40 @@ def point_json(p: Any) -> dict[str, Any]:
             "bbox_xyxy": None if any(math.isnan(v) for v in box) else box,
             "det_score": num(p.det_score), "saliency": p.saliency, "valence": num(p.valence),
             "arousal": num(p.arousal)}
+
+
+_NO_IMAGE = np.zeros((0, 0, 3), np.uint8)
+
+_OUTAGE_REPLIES = ("LOADING", "BUSY", "MASTERDOWN", "READONLY", "CLUSTERDOWN", "TRYAGAIN", "OOM",
+                   "NOREPLICAS")
+
+
+def _outage(e: BaseException) -> bool:
+    """A Redis error reply that means "not now" (a failover, loading, out of memory): waited
+    out like a lost connection. Any other reply refuses the request itself."""
+    return str(e).split(" ", 1)[0].upper() in _OUTAGE_REPLIES
+
+
+class _Attempts:
+    """:class:`pipeline.poison.DeliveryAttempts` of a consumer with Redis outages waited out
+    (what :class:`pipeline.kafka_io.FrameConsumer` and the session pipelines call)."""
+
+    def __init__(self, store: Any, retry: Callable) -> None:
+        self.store = store
+        self._retry = retry
+
+    def begin(self, topic: Any, partition: int | None = None, offset: int | None = None) -> int:
+        if partition is None:  # a ConsumedFrame
+            topic, partition, offset = topic.topic, topic.partition, topic.offset
+        return self._retry("poison-pill count", self.store.begin, topic, partition, offset)
+
+    def step_done(self, topic: str, partition: int, offset: int) -> None:
+        self._retry("poison-pill count", self.store.step_done, topic, partition, offset)
+
+    def finish(self, topic: Any, partition: int | None = None, offset: int | None = None) -> None:
+        if partition is None:
+            topic, partition, offset = topic.topic, topic.partition, topic.offset
+        self._retry("poison-pill count", self.store.finish, topic, partition, offset)
 
 
 def _retryable(e: BaseException) -> bool:
@@ -164,8 +213,9 @@ class KafkaStream:
 
         from affectstream.operators.analyze import FaceAnalyzer
         from affectstream.operators.facetrack import FaceTrackStage
-        from affectstream.pipeline.checkpoint import CheckpointStore
+        from affectstream.pipeline.checkpoint import CheckpointStore, load_key
         from affectstream.pipeline.metrics_agg import RedisMetricsPusher
+        from affectstream.pipeline.poison import DeliveryAttempts
         from affectstream.pipeline.redis_store import RedisSink, connect
 
         self.cfg = cfg
@@ -186,7 +236,8 @@ class KafkaStream:
         self.ckpts = CheckpointStore(
             redis.Redis.from_url(redis_url, password=rc.password, decode_responses=False,
                                  socket_timeout=10, socket_connect_timeout=5),
-            rc.key_prefix, ttl_s=rc.session_ttl_s)
+            rc.key_prefix, ttl_s=rc.session_ttl_s, key=load_key(cfg.kafka.checkpoint_key_file))
+        self.attempts = _Attempts(DeliveryAttempts(self.redis, rc.key_prefix), self._retry)
         self.pusher = RedisMetricsPusher(self.redis, rc.key_prefix, instance=self.instance)
         self._models = cfg.inference.fer_model + "," + cfg.inference.au_model
         self._digest = cfg.digest()
@@ -201,6 +252,8 @@ class KafkaStream:
         self._abort = False
         self._fatal: BaseException | None = None
         self._paused = False
+        self._held_bytes = 0  # decoded image bytes polled and not yet face-tracked
+        self._frame_bytes_max = cfg.kafka.max_pixels * 3  # the largest frame polling may bring
         self.frame_log: collections.deque[tuple] | None = None  # see record_frames()
         self.totals: collections.Counter[str] = collections.Counter(
             dict.fromkeys(_COUNTS + ("dead_lettered",), 0))
@@ -218,7 +271,9 @@ class KafkaStream:
         while True:
             try:
                 return fn(*args)
-            except (redis.ConnectionError, redis.TimeoutError) as e:
+            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as e:
+                if isinstance(e, redis.ResponseError) and not _outage(e):
+                    raise
                 if self._abort:
                     raise
                 log.warning("%s: %s failed (%s); retrying in %.1f s", self.instance, what, e,
@@ -273,7 +328,7 @@ class KafkaStream:
         kw = {"max_poll_interval_ms": self.k.max_poll_interval_ms,
               "fetch_max_wait_ms": self.k.fetch_max_wait_ms, **self._consumer_kw}
         consumer = FrameConsumer(self.k, client_id=f"affectstream-{self.instance}",
-                                 consumer_kw=kw)
+                                 consumer_kw=kw, attempts=self.attempts)
         if self.k.result_topic and self.results is None:
             self.results = make_producer(cfg=self.k)
         return consumer
@@ -302,10 +357,13 @@ class KafkaStream:
         due = {"commit": now, "push": now, "lag": now + 5, "sweep": now + 2}
         while not stop.is_set() and self._fatal is None:
             held = sum(s.held for s in self._sessions.values())
-            want_pause = held >= k.max_buffered_frames
+            room = k.max_inflight_frame_bytes - self._held_bytes
+            want_pause = held >= k.max_buffered_frames or room <= 0
             if want_pause or self._paused:
                 await self._run_in("kafka", self._pause, want_pause)
-            budget = max(1, min(64, k.max_buffered_frames - held))
+            # a poll may bring max_pixels-sized frames only: it never decodes past the budget
+            budget = max(1, min(64, k.max_buffered_frames - held,
+                                room // self._frame_bytes_max))
             try:
                 frames = await self._run_in("kafka", self.consumer.poll, 100, budget)
             except Exception as e:  # noqa: BLE001  (broker hiccup: the client reconnects)
@@ -387,6 +445,8 @@ class KafkaStream:
         s.last_offset = f.offset
         s.last_frame_at = time.monotonic()
         s.held += 1
+        s.held_bytes += f.image.nbytes
+        self._held_bytes += f.image.nbytes
         s.received[f.offset] = time.time()
         s.inbox.put_nowait(f)
 
@@ -426,6 +486,8 @@ class KafkaStream:
         frames are not acknowledged, so they are read again from the committed offset."""
         log.info("%s: session %s dropped (%s)", self.instance, s.sid, why)
         s.dead = True
+        self._held_bytes -= s.held_bytes
+        s.held_bytes = 0
         if self._sessions.get(s.sid) is s:
             del self._sessions[s.sid]
         if s.task is not None:
@@ -447,11 +509,12 @@ class KafkaStream:
                 t.add_done_callback(lambda t, sid=s.sid: self._forget_closing(sid, t))
 
     async def _retire(self, s: _Session) -> None:
-        """Let an idle session checkpoint and end; its keys get the session TTL."""
+        """Let an idle session checkpoint and end (status ``ended``); its keys get the session
+        TTL. A later frame of the session resumes it (status ``running``)."""
         await asyncio.wait([s.task])
         if not s.task.cancelled() and s.task.exception() is None:
             await self._run_in("sink", self._retry, "end session", self.sink.end_session,
-                               s.sid, "idle")
+                               s.sid, "ended")
             log.info("%s: session %s idle; state freed", self.instance, s.sid)
 
     # -- per-session pipeline --
@@ -459,7 +522,12 @@ class KafkaStream:
         try:
             if prev is not None:
                 await asyncio.wait([prev])
-            await self._run_in("sink", self._open_session, s)
+            try:
+                await self._run_in("sink", self._open_session, s)
+            except Exception as e:  # noqa: BLE001  (not an outage: _retry waits those out)
+                log.error("%s: session %s cannot be opened (%s: %s); its frames go to the DLQ",
+                          self.instance, s.sid, type(e).__name__, e)
+                s.broken = f"{type(e).__name__}: {e}"
             await asyncio.gather(self._track_loop(s), self._write_loop(s))
         except asyncio.CancelledError:
             raise
@@ -468,7 +536,8 @@ class KafkaStream:
             self._fatal = self._fatal or e
 
     def _open_session(self, s: _Session) -> None:
-        from affectstream.pipeline.checkpoint import restore_builder, restore_stage
+        from affectstream.pipeline.checkpoint import (CheckpointError, reject, restore_builder,
+                                                      restore_stage)
 
         ck = self._retry("load checkpoint", self.ckpts.load, s.sid)
         if ck is not None and ck.source == s.source:
@@ -478,9 +547,9 @@ class KafkaStream:
                 s.skip_upto = ck.offset
                 log.info("%s: session %s resumes after %s@%d", self.instance, s.sid, ck.source,
                          ck.offset)
-            except Exception as e:  # noqa: BLE001  (state of an incompatible version)
-                log.warning("%s: checkpoint of %s unreadable (%s); starting blank", self.instance,
-                            s.sid, e)
+            except Exception as e:  # noqa: BLE001  (a state that does not fit: start blank)
+                reason = e.reason if isinstance(e, CheckpointError) else "restore"
+                reject(s.sid, reason, f"{type(e).__name__}: {e}"[:200])
                 s.stage, s.builder = self._new_stage(), self._new_builder()
         elif ck is not None:
             log.warning("%s: session %s was on %s and is now on %s: starting blank",
@@ -506,7 +575,13 @@ class KafkaStream:
             if f is None:
                 await s.outbox.put(None)
                 return
-            if f.offset <= s.skip_upto:  # covered by the checkpoint: points already stored
+            if s.broken is not None:
+                self._release(s, f)
+                s.held -= 1
+                self._dead_letter(f, "store_error", f"session cannot be opened: {s.broken}")
+                continue
+            if f.offset <= s.skip_upto:
+                self._release(s, f)  # covered by the checkpoint: points already stored
                 s.received.pop(f.offset, None)
                 s.held -= 1
                 s.counts["skipped"] += 1
@@ -514,17 +589,34 @@ class KafkaStream:
                 metrics.REPLAY_SKIPPED.inc()
                 self.consumer.ack(f)
                 continue
-            tracked, blob = await self._run_in("facetrack", self._track, s, f)
+            try:
+                tracked, blob = await self._run_in("facetrack", self._track, s, f)
+            except Exception as e:  # noqa: BLE001  (one frame never stops the session)
+                log.exception("%s: face-tracking %s@%d of %s failed", self.instance, f.topic,
+                              f.offset, s.sid)
+                self._release(s, f)
+                s.held -= 1
+                self._dead_letter(f, "track_error", f"{type(e).__name__}: {e}")
+                await self._run_in("sink", self.attempts.finish, f)
+                continue
+            self._release(s, f)
+            f = dataclasses.replace(f, image=_NO_IMAGE)  # the crops are all that is needed now
             fut = None
             if len(tracked.faces):
                 fut = asyncio.ensure_future(
                     self._infer_retry(InferRequest(tracked.crops, tracked.points01)))
             await s.outbox.put(_Item(f, tracked, fut, blob))
 
-    @staticmethod
-    def _track(s: _Session, f: Any) -> tuple[Any, bytes]:
+    def _release(self, s: _Session, f: Any) -> None:
+        """The frame's decoded image leaves the in-flight byte budget."""
+        if not s.dead:
+            s.held_bytes -= f.image.nbytes
+            self._held_bytes -= f.image.nbytes
+
+    def _track(self, s: _Session, f: Any) -> tuple[Any, bytes]:
         from affectstream.pipeline.checkpoint import snapshot_stage
 
+        self.attempts.begin(f)  # a crash from here on is counted
         e = f.envelope
         frame = f.to_frame(None if e.pts_ms is not None else e.ts_ms)
         tracked = s.stage.process(frame, {"t_wall": time.time(), "decode_ms": 0.0})
@@ -540,11 +632,11 @@ class KafkaStream:
             except Exception as e:  # noqa: BLE001
                 failures += 1
                 if not _retryable(e) and failures >= 3:
-                    log.error("%s: inference failed on a frame 3 times (%s); its faces get no "
-                              "points", self.instance, e)
+                    log.error("%s: inference failed on a frame 3 times (%s); it goes to the "
+                              "DLQ", self.instance, e)
                     return None
-                if self._abort:
-                    return None
+                if self._abort:  # shutting down: the frame is read again by the next owner
+                    raise asyncio.CancelledError
                 log.warning("%s: inference failed (%s: %s); retrying in %.1f s", self.instance,
                             type(e).__name__, e, delay)
                 await asyncio.sleep(delay)
@@ -567,14 +659,17 @@ class KafkaStream:
                     await self._checkpoint(s)
                 return
             res = await item.infer if item.infer is not None else None
-            await self._run_in("sink", self._write, s, item, res)
+            written = await self._run_in("sink", self._write, s, item, res)
             s.held -= 1
+            if not written:  # dead-lettered: the DLQ delivery acknowledges it
+                continue
             s.pending.append(item.frame.offset)
             s.last_item = item
             if time.monotonic() - s.last_ckpt >= interval:
                 await self._checkpoint(s)
 
-    def _write(self, s: _Session, item: _Item, res: Any) -> None:
+    def _write(self, s: _Session, item: _Item, res: Any) -> bool:
+        """Build, store (and produce) one frame's points; False when it went to the DLQ."""
         tracked = item.tracked
         timings = dict(tracked.timings_ms)
         timings.pop("decode", None)
@@ -583,30 +678,47 @@ class KafkaStream:
             timings["kafka"] = max(0.0, recv * 1000 - tracked.ts_ms)
             timings["queued"] = max(0.0, (tracked.t_wall - recv) * 1000)
         points: list = []
-        try:
-            if len(tracked.faces) and res is None:
-                raise RuntimeError("no inference result")
-            if res is not None:
-                timings.update(res.timings_ms)
-                probs, sal, au = res.probs, res.saliency, res.au
-            else:
-                probs = np.zeros((0, len(self.labels)), np.float32)
-                sal = au = None
-            s.builder.end_tracks(tracked.ended_tracks)
-            t0 = time.perf_counter()
-            points = s.builder.build(s.sid, tracked.ts_ms, tracked.pts_ms, tracked.faces, probs,
-                                     sal, au)
-            timings["au+smooth"] = (time.perf_counter() - t0) * 1000
-        except Exception:  # one bad frame never stops the session (the same on a replay)
-            log.exception("%s: frame %s@%d of %s failed", self.instance, item.frame.topic,
-                          item.frame.offset, s.sid)
-            s.counts["errors"] += 1
-            self.totals["errors"] += 1
+        fail: tuple[str, str] | None = None
+        if len(tracked.faces) and res is None:
+            fail = ("inference_error", "inference failed 3 times on this frame")
+        else:
+            try:
+                if res is not None:
+                    timings.update(res.timings_ms)
+                    probs, sal, au = res.probs, res.saliency, res.au
+                else:
+                    probs = np.zeros((0, len(self.labels)), np.float32)
+                    sal = au = None
+                s.builder.end_tracks(tracked.ended_tracks)
+                t0 = time.perf_counter()
+                points = s.builder.build(s.sid, tracked.ts_ms, tracked.pts_ms, tracked.faces,
+                                         probs, sal, au)
+                timings["au+smooth"] = (time.perf_counter() - t0) * 1000
+            except Exception as e:  # noqa: BLE001  (one bad frame never stops the session)
+                log.exception("%s: frame %s@%d of %s failed", self.instance, item.frame.topic,
+                              item.frame.offset, s.sid)
+                fail = ("timeline_error", f"{type(e).__name__}: {e}")
         if tracked.error:
             s.counts["errors"] += 1
             self.totals["errors"] += 1
         t0 = time.perf_counter()
-        wr = self._retry("Redis write", self.sink.write, points)
+        if fail is None:
+            try:
+                wr = self._retry("Redis write", self.sink.write, points)
+            except Exception as e:  # noqa: BLE001  (Redis refused this frame's points, e.g. an
+                # invalid stream id; an outage is waited out by _retry and never lands here)
+                if self._abort:
+                    raise
+                fail = ("store_error", f"{type(e).__name__}: {e}")
+        if fail is not None:
+            log.warning("%s: %s@%d of %s dead-lettered (%s: %s)", self.instance,
+                        item.frame.topic, item.frame.offset, s.sid, *fail)
+            s.counts["errors"] += 1
+            self.totals["errors"] += 1
+            self._dead_letter(item.frame, *fail)
+            self.attempts.finish(item.frame)
+            return False
+        self.attempts.finish(item.frame)
         now = time.time()
         timings["sink"] = (time.perf_counter() - t0) * 1000
         if self.results is not None and points:
@@ -630,6 +742,7 @@ class KafkaStream:
         for k, v in timings.items():
             metrics.STAGE_LATENCY_MS.labels(stage=k).observe(v)
         metrics.STAGE_LATENCY_MS.labels(stage="publish_to_redis").observe(max(0.0, e2e))
+        return True
 
     def _produce(self, s: _Session, points: list) -> None:
         key = s.sid.encode()
@@ -709,7 +822,8 @@ class KafkaStream:
         ``frames`` also the frame log of :meth:`record_frames`."""
         c = self.consumer
         out: dict[str, Any] = {
-            "instance": self.instance, "state": self.state,
+            "instance": self.instance, "state": self.state, "pid": os.getpid(),
+            "held_bytes": self._held_bytes, "paused": self._paused,
             "assignment": sorted(f"{tp.topic}:{tp.partition}" for tp in c.assignment())
             if c is not None else [],
             "sessions": {sid: dict(s.counts, held=s.held) for sid, s in self._sessions.items()},

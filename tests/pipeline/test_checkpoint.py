@@ -89,3 +89,86 @@ def test_restored_session_continues_exactly_like_the_uninterrupted_one(base_stag
     stage3, builder3 = fresh()
     blank = _run(stage3, builder3, frames[14:], analyzer)
     assert blank != straight
+
+
+def test_state_codec_round_trips_operator_state_without_pickle():
+    import collections
+
+    import numpy as np
+
+    from affectstream.operators.records import Faces
+    from affectstream.operators.tracking.kalman import BoxKalman
+    from affectstream.pipeline.checkpoint import decode_state, encode_state
+
+    kf = BoxKalman(np.array([10, 20, 50, 90], np.float32))
+    faces = Faces(np.ones((1, 4), np.float32), np.ones(1, np.float32), np.ones(1, np.int64))
+    state = {"a": [1, 2.5, None, True, float("nan")], 3: collections.deque([np.arange(3)], 4),
+             "k": kf, "f": faces, "s": np.float32(0.25), "t": (1, "x")}
+    blob = encode_state(state)
+    assert b"pickle" not in blob and blob.startswith(b"{")
+    got = decode_state(blob)
+    assert got["k"].q == kf.q and np.array_equal(got["k"].P, kf.P) and type(got["k"]) is BoxKalman
+    assert got[3].maxlen == 4 and np.array_equal(got[3][0], np.arange(3))
+    assert got["s"] == np.float32(0.25) and isinstance(got["s"], np.float32)
+    assert np.array_equal(got["f"].track_id, faces.track_id) and got["t"] == (1, "x")
+    with pytest.raises(TypeError):
+        encode_state({"x": object()})
+
+
+@pytest.mark.parametrize("blob", [
+    b"\x80\x05K\x01.",                                             # a pickle
+    b'{"$obj": "Popen", "attrs": {}}',                             # a class not on the list
+    b'{"$obj": "BoxKalman", "attrs": {"x": 1}}',                   # wrong attributes
+    b'{"$nd": ["object", [1], "AA=="]}',                           # object arrays
+    b'{"$nd": ["float32", [4], "AA=="]}',                          # data does not fill shape
+    b'{"$dict": [[[1], 2]]}',                                      # unhashable key
+])
+def test_foreign_state_is_refused(blob):
+    from affectstream.pipeline.checkpoint import CheckpointError, decode_state
+
+    with pytest.raises(CheckpointError):
+        decode_state(blob)
+
+
+@pytest.mark.integration
+def test_signed_checkpoints_refuse_tampering_and_foreign_layouts(redis_url):
+    import pickle
+
+    from affectstream.pipeline import metrics
+
+    def rejected(reason):
+        return metrics.CHECKPOINTS_REJECTED.labels(reason=reason)._value.get()
+
+    r = redis.Redis.from_url(redis_url)
+    key = b"k" * 32
+    store = CheckpointStore(r, ttl_s=60, key=key)
+    assert store.save("sg", _ck("t:0", 5))
+    assert store.load("sg").offset == 5
+    assert CheckpointStore(r, key=b"x" * 32).load("sg") is None          # another key
+    before = rejected("bad_signature")
+    r.hset(store.key("sg"), "offset", 6)                                  # tampered
+    assert store.load("sg") is None and rejected("bad_signature") == before + 1
+    assert CheckpointStore(r).save("un", _ck("t:0", 1))                  # unsigned
+    assert store.load("un") is None
+    r.hset(store.key("old"), mapping={"source": "t:0", "offset": 1, "v": 1,
+                                      "stage": pickle.dumps(1), "builder": b""})
+    before = rejected("foreign")
+    assert store.load("old") is None and rejected("foreign") == before + 1
+    r.set(store.key("str"), pickle.dumps(1))                              # not a hash
+    assert store.load("str") is None
+    assert store.save("str", _ck("t:0", 1)) and store.load("str").offset == 1
+
+
+def test_checkpoint_key_from_env_or_file(tmp_path, monkeypatch):
+    from affectstream.pipeline.checkpoint import KEY_ENV, load_key
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    assert load_key(None) is None
+    f = tmp_path / "key"
+    f.write_bytes(b"0123456789abcdef0123\n")
+    assert load_key(str(f)) == b"0123456789abcdef0123"
+    monkeypatch.setenv(KEY_ENV, "from-the-environment-x")
+    assert load_key(str(f)) == b"from-the-environment-x"
+    monkeypatch.setenv(KEY_ENV, "short")
+    with pytest.raises(ValueError):
+        load_key(None)

@@ -162,3 +162,34 @@ def test_encode_validates_its_inputs():
         encode("bad id", 0, 0, _img())
     with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
         encode("s", 0, 0, np.zeros((4, 4), np.uint8))
+
+
+@pytest.mark.parametrize(("ts", "broker_ts", "limits", "reason"), [
+    (10 ** 20, None, Limits(), "bad_header:ts_ms"),            # beyond a Redis stream id
+    ((1 << 64) - 1, None, Limits(), "bad_header:ts_ms"),       # beyond max_ts_ms (2100)
+    (5, None, Limits(min_ts_ms=10), "bad_header:ts_ms"),
+    (0, 1_700_000_000_000, Limits(max_ts_skew_ms=60_000), "ts_out_of_window"),
+    (1_700_000_100_000, 1_700_000_000_000, Limits(max_ts_skew_ms=60_000), "ts_out_of_window"),
+    (1_700_000_030_000, 1_700_000_000_000, Limits(max_ts_skew_ms=60_000), None),
+    (1_700_000_000_000, None, Limits(max_ts_skew_ms=60_000), None),  # no broker timestamp
+])
+def test_ts_ms_is_bounded_by_range_and_broker_window(ts, broker_ts, limits, reason):
+    k, v, h = encode("s", 1, 1_700_000_000_000, np.zeros((8, 8, 3), np.uint8))
+    h = [(n, str(ts).encode() if n == "ts_ms" else x) for n, x in h]
+    if reason is None:
+        assert decode(k, v, h, limits, broker_ts_ms=broker_ts)[0].ts_ms == ts
+    else:
+        with pytest.raises(EnvelopeError) as e:
+            decode(k, v, h, limits, broker_ts_ms=broker_ts)
+        assert e.value.reason == reason
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("seq", str(1 << 63)), ("pts_ms", str(1 << 63)), ("width", "65536"), ("height", "0"),
+    ("session_id", "x" * 300), ("seq", "9" * 5000)])
+def test_every_header_is_bounded(name, value):
+    k, v, h = encode("s", 1, 1_700_000_000_000, np.zeros((8, 8, 3), np.uint8))
+    h = [(n, x) for n, x in h if n != name] + [(name, value.encode())]
+    with pytest.raises(EnvelopeError) as e:
+        decode(k, v, h)
+    assert e.value.reason == f"bad_header:{name}"

@@ -421,3 +421,62 @@ def test_cli_publish_reports_frames(kafka_broker, media):
     img = cv2.imdecode(np.frombuffer(recs[0].value, np.uint8), cv2.IMREAD_COLOR)
     assert img.shape == (360, 640, 3)
 
+
+
+@pytest.mark.parametrize(("over", "want"), [
+    ({}, {"security_protocol": "PLAINTEXT"}),
+    ({"security_protocol": "SASL_SSL", "sasl_username": "u", "sasl_password": "p",
+      "sasl_mechanism": "SCRAM-SHA-512", "ssl_cafile": "/ca.pem"},
+     {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512",
+      "sasl_plain_username": "u", "sasl_plain_password": "p", "ssl_cafile": "/ca.pem",
+      "ssl_check_hostname": True}),
+    ({"security_protocol": "SASL_PLAINTEXT", "sasl_username": "u", "sasl_password": "p",
+      "sasl_mechanism": "SCRAM-SHA-256"},
+     {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "SCRAM-SHA-256",
+      "sasl_plain_username": "u", "sasl_plain_password": "p"}),
+    ({"security_protocol": "SSL", "ssl_cafile": "/ca.pem", "ssl_certfile": "/c.pem",
+      "ssl_keyfile": "/k.pem", "ssl_password": "kp", "ssl_check_hostname": False},
+     {"security_protocol": "SSL", "ssl_cafile": "/ca.pem", "ssl_certfile": "/c.pem",
+      "ssl_keyfile": "/k.pem", "ssl_password": "kp", "ssl_check_hostname": False}),
+])
+def test_security_settings_reach_every_kafka_client(over, want):
+    """The config maps onto kafka-python's settings, and every one is a setting the consumer,
+    producer and admin client know (a real SCRAM / mTLS broker is not part of the tests)."""
+    from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+
+    from affectstream.pipeline.config import KafkaConfig
+    from affectstream.pipeline.kafka_io import client_kwargs
+
+    kw = client_kwargs(KafkaConfig(**over))
+    assert kw.pop("bootstrap_servers") == ["127.0.0.1:9092"]
+    assert kw == want
+    for cls in (KafkaConsumer, KafkaProducer, KafkaAdminClient):
+        assert set(kw) <= set(cls.DEFAULT_CONFIG), cls.__name__
+
+
+def test_unknown_sasl_mechanism_is_a_config_error():
+    from pydantic import ValidationError
+
+    from affectstream.pipeline.config import KafkaConfig
+
+    with pytest.raises(ValidationError):
+        KafkaConfig(sasl_mechanism="GSSAPI-X")
+
+
+@pytest.mark.integration
+def test_delivery_attempts_count_unfinished_steps(redis_url):
+    import redis
+
+    from affectstream.pipeline.poison import DeliveryAttempts
+
+    a = DeliveryAttempts(redis.Redis.from_url(redis_url), prefix="t-" + str(time.time_ns()))
+    assert a.begin("t", 0, 7) == 1
+    a.step_done("t", 0, 7)                      # decoded fine: nothing left
+    assert a.count("t", 0, 7) == 0 and not a.r.exists(a.key("t", 0))
+    assert a.begin("t", 0, 7) == 1             # face-tracking began ... and the process died
+    assert a.begin("t", 0, 7) == 2             # next delivery: one crash is on record
+    a.step_done("t", 0, 7)
+    assert a.begin("t", 0, 7) == 2 and a.count("t", 0, 7) == 2
+    a.finish("t", 0, 7)
+    assert a.count("t", 0, 7) == 0
+    assert 0 < a.r.ttl(a.key("t", 0)) or not a.r.exists(a.key("t", 0))
