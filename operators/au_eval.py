@@ -80,7 +80,7 @@ def prototype_check(label: str, au: np.ndarray) -> dict:
     Returns:
         ``{"expected", "expected_mean", "top3", "rank_of_best_expected", "bar"}`` where ``bar`` is
         True/False for happiness (AU12 highest), surprise (AU01 or AU02 >= 1 and AU26 >= 1) and
-        anger (AU04 among the top three), None for the other emotions.
+        anger (AU04 among the top three), each leading AU above 0, None for the other emotions.
 
     Raises:
         KeyError: unknown label (lists the known ones).
@@ -92,11 +92,11 @@ def prototype_check(label: str, au: np.ndarray) -> dict:
     exp = PROTOTYPES[label]
     bar = None
     if label == "happiness":
-        bar = order[0] == "AU12"
+        bar = order[0] == "AU12" and v[_COL["AU12"]] > 0
     elif label == "surprise":
         bar = bool(max(v[_COL["AU01"]], v[_COL["AU02"]]) >= 1 and v[_COL["AU26"]] >= 1)
     elif label == "anger":
-        bar = "AU04" in order[:3]
+        bar = "AU04" in order[:3] and v[_COL["AU04"]] > 0
     return {"expected": {a: float(v[_COL[a]]) for a in exp},
             "expected_mean": float(np.mean([v[_COL[a]] for a in exp])),
             "top3": order[:3], "rank_of_best_expected": min(order.index(a) for a in exp) + 1,
