@@ -92,11 +92,11 @@ def prototype_check(label: str, au: np.ndarray) -> dict:
     exp = PROTOTYPES[label]
     bar = None
     if label == "happiness":
-        bar = order[0] == "AU12" and v[_COL["AU12"]] > 0
+        bar = bool(order[0] == "AU12" and v[_COL["AU12"]] > 0)
     elif label == "surprise":
         bar = bool(max(v[_COL["AU01"]], v[_COL["AU02"]]) >= 1 and v[_COL["AU26"]] >= 1)
     elif label == "anger":
-        bar = "AU04" in order[:3] and v[_COL["AU04"]] > 0
+        bar = bool("AU04" in order[:3] and v[_COL["AU04"]] > 0)
     return {"expected": {a: float(v[_COL[a]]) for a in exp},
             "expected_mean": float(np.mean([v[_COL[a]] for a in exp])),
             "top3": order[:3], "rank_of_best_expected": min(order.index(a) for a in exp) + 1,
