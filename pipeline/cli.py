@@ -368,11 +368,12 @@ def bench(
 
 def _mount() -> None:
     from affectstream.pipeline.cli_analyze import analyze_app
+    from affectstream.pipeline.cli_eval_au import eval_au_cli
     from affectstream.pipeline.cli_kafka import kafka_cli
     from affectstream.pipeline.cli_train import train_cli
 
     app.add_typer(analyze_app, name="analyze")
-    for sub in (kafka_cli, train_cli):  # publish, serve, train, eval as top-level commands
+    for sub in (kafka_cli, train_cli, eval_au_cli):  # publish, serve, train, eval as top-level commands
         app.registered_commands.extend(sub.registered_commands)
 
 
