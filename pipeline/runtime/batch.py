@@ -56,14 +56,15 @@ def analyze_batch(analyzer: FaceAnalyzer, reqs: list[InferRequest]) -> list[Infe
     pts = np.concatenate([r.points01 for r in reqs if len(r.crops)]) if want_sal else None
     mask = np.concatenate([np.ones(len(r.crops), bool) if r.saliency_mask is None
                            else np.asarray(r.saliency_mask, bool) for r in reqs if len(r.crops)])
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.thread_time()
     probs, sal, au = analyzer.analyze(crops, pts, mask)
     dt = (time.perf_counter() - t0) * 1000
+    cpu = (time.thread_time() - c0) * 1000
     out, i = [], 0
     key = "fer+saliency" if sal is not None and mask.any() else "fer"
     for n in sizes:
         out.append(InferResult(probs[i:i + n], None if sal is None else sal[i:i + n],
-                               None if au is None else au[i:i + n], {key: dt * n / total}, total,
+                               None if au is None else au[i:i + n], {key: dt * n / total, "inference_cpu": cpu * n / total}, total,
                                not out))
         i += n
     return out

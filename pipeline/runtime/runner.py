@@ -84,7 +84,9 @@ class FrameResult:
             as replays.
         track_ids: track ids of the frame's points.
         timings_ms: wall time per step in ms (``detect``, ``track``, ``landmarks``, ``crop``,
-            ``fer``/``fer+saliency``, ``au+smooth``, ``sink``, ...).
+            ``fer``/``fer+saliency``, ``au+smooth``, ``sink``, ...), and CPU time of this
+            frame's work per placement unit (``facetrack_cpu``, ``inference_cpu`` (its share of
+            the batch), ``sink_cpu``: thread CPU ms, immune to other processes' load).
         batch_faces: faces in the inference forward that served this frame (0: no inference);
             ``first_in_batch`` is True for one frame of each forward.
         latency_ms: from the frame's ``t_wall`` (decode or poll time) to the sink's ack.
@@ -213,7 +215,9 @@ class SessionRunner:
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
     def _track(self, frame: Frame, meta: dict) -> tuple[TrackedFrame, dict | None]:
+        c0 = time.thread_time()
         tracked = self.stage.process(frame, meta)
+        tracked.timings_ms["facetrack_cpu"] = (time.thread_time() - c0) * 1000
         return tracked, (self.stage.snapshot() if self._snapshot else None)
 
     def _saliency_mask(self, t: TrackedFrame) -> np.ndarray | None:
@@ -270,6 +274,13 @@ class SessionRunner:
                 self._queue.task_done()
 
     def _write(self, item: _Pending, res: InferResult | BaseException | None) -> FrameResult:
+        c0 = time.thread_time()
+        out = self._write_points(item, res)
+        out.timings_ms["sink_cpu"] = (time.thread_time() - c0) * 1000
+        return out
+
+    def _write_points(self, item: _Pending, res: InferResult | BaseException | None
+                      ) -> FrameResult:
         t = item.tracked
         out = FrameResult(t.seq, item.tag, t.ts_ms, t.pts_ms, faces=len(t.faces),
                           timings_ms=dict(t.timings_ms), stage_state=item.stage_state)
