@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 import time
@@ -14,7 +13,7 @@ import typer
 from rich.table import Table
 
 from affectstream.pipeline.cli_common import (FLAGS, configure, console, fail, one_line_error, out,
-                                              print_json, warn)
+                                              print_json, quiet_ray, warn)
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 # Ray's native crash handler would take SIGTERM away from our clean-shutdown handler (serve)
@@ -148,7 +147,7 @@ def run(
     console.print(f"Redis: {url} ({how}); starting Ray and the inference deployment…")
     from affectstream.pipeline import dag
 
-    logging.getLogger("ray").setLevel(logging.ERROR)
+    quiet_ray()
     progress = Progress(TextColumn("{task.description}"), BarColumn(),
                         TextColumn("{task.completed}/{task.total} frames"),
                         TextColumn("{task.fields[fps]:.1f} fps"),
@@ -202,7 +201,7 @@ def run(
     if overlay is not None:
         from affectstream.pipeline.cli_overlay import overlay_or_fail
 
-        overlay_or_fail(sess[0], sources[0], overlay, url, cfg)
+        overlay_or_fail(sess[0], sources[0], overlay, url, cfg, summary_to_stderr=as_json)
 
 
 def run_result(r: Any, redis_url: str) -> dict[str, Any]:
@@ -284,7 +283,9 @@ def models_list(
 def bench(
     video: Optional[str] = typer.Argument(
         None, help="Video file or stream URL (default: a real 640x360 sample clip)."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write results as JSON."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o",
+                                          help="Also write the results to this JSON file."),
+    as_json: bool = typer.Option(False, "--json", help="Results as JSON on stdout (no tables)."),
     redis_url: Optional[str] = typer.Option(None, "--redis-url"),
     config: Optional[str] = typer.Option(None, "--config", "-c"),
     streams: int = typer.Option(1, help="Copies of the video analysed at once."),
@@ -322,6 +323,7 @@ def bench(
             res = run_kafka_bench(video, cfg, url, bootstrap=bootstrap, fps=fps,
                                   streams=streams, console=console)
         else:
+            quiet_ray()
             res = run_bench(video, cfg, url, streams, console, max_frames=max_frames)
     except RuntimeError as e:
         fail(str(e))
@@ -329,18 +331,21 @@ def bench(
     t.add_column("metric")
     t.add_column("value", justify="right")
     for k, v in res["summary"].items():
-        t.add_row(k, v if isinstance(v, str) else f"{v:.2f}")
+        t.add_row(k, str(v).lower() if isinstance(v, (str, bool)) else f"{v:.2f}")
     st = Table(title="per-stage time per frame (ms; each stage's own work)")
     for c in ("stage", "mean", "p50", "p99"):
         st.add_column(c, justify="right")
     for k, v in res["stages_ms"].items():
         st.add_row(k, f"{v['mean']:.2f}", f"{v['p50']:.2f}", f"{v['p99']:.2f}")
-    out.print(t)
-    out.print(st)
-    if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(res, indent=2))
-        console.print(f"results written to {json_path}")
+    if as_json:
+        print_json(res)
+    else:
+        out.print(t)
+        out.print(st)
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(res, indent=2) + "\n")
+        console.print(f"results written to {output}")
 
 
 # ------------------------------------------------------------------------- mounted sub-commands

@@ -61,6 +61,17 @@ def configure(quiet: bool, debug: bool, log_level: str) -> None:
         logging.getLogger(name).setLevel(ray_lvl)
 
 
+def quiet_ray() -> None:
+    """Import Ray Serve and put its driver-side logger back to the asked level (its import sets
+    it to INFO, so start-up lines like "Started Serve in namespace" would reach stderr)."""
+    import ray.serve  # noqa: F401
+
+    lvl = getattr(logging, FLAGS.log_level.upper())
+    ray_lvl = lvl if FLAGS.debug else max(lvl, logging.WARNING)
+    for name in ("ray", "ray.serve"):
+        logging.getLogger(name).setLevel(ray_lvl)
+
+
 def fail(msg: str, code: int = 1) -> NoReturn:
     """Print a one-line error (even with ``--quiet``) and exit with ``code``."""
     _errors.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)

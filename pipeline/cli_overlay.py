@@ -18,9 +18,11 @@ overlay_cli = typer.Typer(add_completion=False)
 
 
 def overlay_or_fail(session: str, video: str | Path, output: Path, redis_url: str,
-                    cfg: Any, hold_ms: float | None = None, top_aus: int = 3) -> None:
+                    cfg: Any, hold_ms: float | None = None, top_aus: int = 3,
+                    summary_to_stderr: bool = False) -> None:
     """Read ``session`` from Redis and render the overlay of ``video`` into ``output``; print a
-    one-line summary, or a one-line error and exit 1."""
+    one-line summary (stdout, or stderr when stdout carries JSON), or a one-line error and exit
+    1."""
     import av
 
     from affectstream.pipeline.overlay_video import render_overlay
@@ -36,7 +38,7 @@ def overlay_or_fail(session: str, video: str | Path, output: Path, redis_url: st
                             hold_ms=hold_ms, top_aus=top_aus)
     except (FileNotFoundError, ValueError, RuntimeError, av.error.FFmpegError, OSError) as e:
         fail(f"overlay of {video} failed: {one_line_error(e)}")
-    out.print(f"overlay written to {output}: {st.frames} frames ({st.frames_with_faces} with "
+    (console if summary_to_stderr else out).print(f"overlay written to {output}: {st.frames} frames ({st.frames_with_faces} with "
               f"faces), {st.width}x{st.height}, {st.codec}")
 
 
