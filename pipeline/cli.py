@@ -132,11 +132,11 @@ def run(
                            "inference": {"fer_model": fer_model, "au_model": au_model},
                            "redis": {"url": redis_url}})
     check_models(cfg, allow_untrained)
+    if overlay is not None and (len(sources) != 1 or is_live(sources[0])):
+        fail("--overlay needs exactly one source, a video file", 2)
     for s in sources:
         if not is_live(s) and not Path(s).is_file():
             fail(f"video file not found: {s}")
-    if overlay is not None and (len(sources) != 1 or is_live(sources[0])):
-        fail("--overlay needs exactly one source, a video file", 2)
     sess = list(session or [])
     if sess and len(sess) != len(sources):
         fail(f"--session given {len(sess)} times for {len(sources)} sources")
