@@ -85,7 +85,7 @@ def sessions(
     as_json: bool = typer.Option(False, "--json", help="JSON on stdout (one array)."),
 ) -> None:
     """List sessions: status, tracks, capture time of the newest point, wall-clock time of the
-    last write, retention left (``redis.session_ttl_s`` after a session ends; none = kept)."""
+    last write, retention left (redis.session_ttl_s after a session ends; none = kept)."""
     if ctx.invoked_subcommand is not None:
         return
     store, _ = _store(redis_url)
@@ -190,7 +190,7 @@ def export(
     redis_url: Optional[str] = typer.Option(None, "--redis-url"),
 ) -> None:
     """Export a stored session as a table: one row per face per analysed frame, the columns of
-    ``affectstream.read_timeline`` (OpenFace/py-feat style: ``timestamp_ms``, ``AU12_r``...)."""
+    affectstream.read_timeline (OpenFace/py-feat style: timestamp_ms, AU12_r, ...)."""
     kind = EXPORT_FORMATS.get(output.suffix.lower())
     if kind is None:
         fail(f"cannot tell the format of {output.name!r}: use a name ending in "
