@@ -10,10 +10,12 @@ time — deterministic, so re-analysing a file yields the same timestamps and no
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -32,9 +34,18 @@ class SourceError(RuntimeError):
     """A source could not be opened or read (missing file, unreachable stream)."""
 
 
+def webcam_device(url: str) -> str | None:
+    """The V4L2 device of a webcam source: ``"0"`` -> ``/dev/video0``, ``/dev/video2`` as is;
+    None for anything else."""
+    if re.fullmatch(r"\d{1,3}", url):
+        return f"/dev/video{int(url)}"
+    return url if re.fullmatch(r"/dev/video\d+", url) else None
+
+
 def is_live(url: str) -> bool:
-    """True for network streams (RTSP, RTMP, HTTP, UDP), False for local files."""
-    return url.lower().startswith(LIVE_SCHEMES)
+    """True for network streams (RTSP, RTMP, HTTP, UDP) and webcams (index or /dev/videoN),
+    False for local files."""
+    return url.lower().startswith(LIVE_SCHEMES) or webcam_device(url) is not None
 
 
 @dataclass
@@ -132,10 +143,16 @@ class VideoSource:
             # (the SDP already names the codec). Cost: packets read while probing are not kept, so
             # decoding starts at the next key frame (one GOP, typically 1-2 s on cameras).
             opts.update({"fflags": "nobuffer", "analyzeduration": "200000", "probesize": "65536"})
+        dev = webcam_device(self.url)
         try:
-            c = av.open(self.url, options=opts, timeout=(self.open_timeout_s, self.open_timeout_s))
+            if dev is not None:  # a local camera through FFmpeg's video4linux2 input
+                c = av.open(dev, format="v4l2", timeout=(self.open_timeout_s, self.open_timeout_s))
+            else:
+                c = av.open(self.url, options=opts,
+                            timeout=(self.open_timeout_s, self.open_timeout_s))
         except (av.error.FFmpegError, OSError) as e:
-            raise SourceError(f"cannot open {self.url}: {e}") from e
+            what = self.url if dev is None else f"webcam {dev}"
+            raise SourceError(f"cannot open {what}: {e}") from e
         if not c.streams.video:
             c.close()
             raise SourceError(f"no video stream in {self.url}")
@@ -248,3 +265,50 @@ class VideoSource:
             self.stats.reconnects += 1
             time.sleep(delay)
             delay = min(delay * 2, self.backoff[1])
+
+
+def replay(frames: Iterable[Frame], realtime: bool = False, loop: bool = False,
+           max_frames: int | None = None, sleep=time.sleep, clock=time.monotonic
+           ) -> Iterator[Frame]:
+    """Replay a file's frames as a live camera would deliver them.
+
+    Args:
+        frames: a re-iterable source (e.g. :class:`VideoSource`; each pass reopens the file).
+        realtime: pace frames by their ``pts_ms``: frame k is released ``pts_ms[k] -
+            pts_ms[0]`` ms of wall time after the first (a consumer slower than that is not
+            waited for: late frames go at once).
+        loop: start over at the end, forever (or until ``max_frames``); media time and ``seq``
+            continue across passes (``pts_ms``/``ts_ms`` shifted by the pass length plus one
+            frame interval), so capture times keep increasing.
+        max_frames: stop after this many frames in all; None = no limit.
+        sleep / clock: injectable for tests (seconds).
+
+    Yields:
+        :class:`Frame` records with strictly increasing ``pts_ms``.
+    """
+    t0: float | None = None
+    shift = 0
+    seq = 0
+    while True:
+        last = None
+        gap = 0
+        for f in frames:
+            if last is not None:
+                gap = f.pts_ms - last
+            last = f.pts_ms
+            if shift or seq != f.seq:
+                f = dataclasses.replace(f, seq=seq, pts_ms=f.pts_ms + shift, ts_ms=f.ts_ms + shift)
+            if realtime:
+                now = clock()
+                if t0 is None:
+                    t0 = now - f.pts_ms / 1000
+                wait = t0 + f.pts_ms / 1000 - now
+                if wait > 0:
+                    sleep(wait)
+            yield f
+            seq += 1
+            if max_frames is not None and seq >= max_frames:
+                return
+        if not loop or last is None:
+            return
+        shift += last + max(gap, 1)

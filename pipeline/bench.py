@@ -69,18 +69,18 @@ def run_bench(video: str, cfg: PipelineConfig, redis_url: str, streams: int = 1,
         batch.extend(r.batch_faces[warmup:])
     lat_s = _stats(lat)
     summary = {
-        "frames analysed": float(frames),
-        "end-to-end frames/s (after warm-up)": warm_frames / elapsed if elapsed > 0 else 0.0,
-        "frame-to-Redis latency p50 (ms)": lat_s["p50"],
-        "frame-to-Redis latency p99 (ms)": lat_s["p99"],
-        "faces per inference batch (mean)": float(np.mean(batch)) if batch else 0.0,
-        "timeline points written": float(sum(r.points for r in reports)),
+        "frames_analysed": float(frames),
+        "frames_per_s": warm_frames / elapsed if elapsed > 0 else 0.0,
+        "latency_p50_ms": lat_s["p50"],
+        "latency_p99_ms": lat_s["p99"],
+        "faces_per_batch_mean": float(np.mean(batch)) if batch else 0.0,
+        "points_written": float(sum(r.points for r in reports)),
         "tracks": float(sum(len(r.tracks) for r in reports)),
-        "frames dropped by live sources (behind)": float(
+        "frames_dropped_behind": float(
             sum(r.source_stats.get("dropped_behind", 0) for r in reports)),
     }
     if cfg.decode.analysis_fps:
-        summary["analysis_fps asked"] = float(cfg.decode.analysis_fps)
+        summary["analysis_fps"] = float(cfg.decode.analysis_fps)
     return {
         "video": video if "://" in video else os.path.basename(video), "streams": streams, "summary": summary,
         "stages_ms": {k: _stats(v) for k, v in stage.items() if v},

@@ -3,33 +3,69 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from affectstream.pipeline.cli_common import (FLAGS, configure, console, fail, one_line_error, out,
+                                              print_json, quiet_ray, warn)
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 # Ray's native crash handler would take SIGTERM away from our clean-shutdown handler (serve)
 os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
 
-app = typer.Typer(help="Facial-affect analytics on video: faces in, per-face emotion and AU "
-                  "timelines out in Redis.", no_args_is_help=True, pretty_exceptions_enable=False)
+
+
+class _App(typer.Typer):
+    """The app, with unexpected errors turned into one line on stderr (exit 1); the traceback
+    only with ``--debug``."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as e:  # noqa: BLE001  (the CLI's last resort)
+            if FLAGS.debug:
+                raise
+            console.quiet = False
+            console.print(f"[bold red]error:[/] {one_line_error(e)} (--debug shows the "
+                          "traceback)", highlight=False, soft_wrap=True)
+            sys.exit(1)
+
+
+app = _App(help="Facial-affect analytics on video: faces in, per-face emotion and AU "
+           "timelines out in Redis.", no_args_is_help=True, pretty_exceptions_enable=False)
 models_app = typer.Typer(help="Pretrained weights and the model registry.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
-console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
-out = Console(width=None if sys.stdout.isatty() else 160)  # pipes/files: don't squeeze tables
 
 
-def fail(msg: str, code: int = 1) -> None:
-    """Print a one-line error and exit non-zero."""
-    console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
+def _version(value: bool) -> None:
+    if value:
+        import affectstream
+
+        typer.echo(f"affectstream {affectstream.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+    quiet: bool = typer.Option(False, "--quiet", "-q",
+                               help="No progress or information on stderr; errors still show."),
+    log_level: str = typer.Option("warning", "--log-level",
+                                  help="Python/Ray log level: debug, info, warning, error."),
+    debug: bool = typer.Option(False, "--debug",
+                               help="Full tracebacks on errors and debug logging."),
+) -> None:
+    """Facial-affect analytics on video: faces in, per-face emotion and AU timelines out."""
+    configure(quiet, debug, log_level)
 
 
 def _config(config: str | None, overrides: dict) -> "PipelineConfig":  # noqa: F821
@@ -57,17 +93,13 @@ def check_models(cfg: "PipelineConfig", allow_untrained: bool) -> None:  # noqa:
     except (UntrainedModelError, KeyError) as e:
         fail(str(e.args[0]))
     for w in warnings:
-        console.print(f"[bold yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+        warn(w)
 
 
 def _redis(url: str | None, password: str | None = None) -> tuple[str, str]:
-    from affectstream.pipeline.redis_server import RedisUnavailable, resolve_redis
+    from affectstream.pipeline.cli_common import resolve_redis_or_fail
 
-    try:
-        return resolve_redis(url, password)
-    except RedisUnavailable as e:
-        fail(str(e))
-    raise AssertionError
+    return resolve_redis_or_fail(url, password)
 
 
 # ------------------------------------------------------------------------------------------ run
@@ -86,6 +118,10 @@ def run(
     allow_untrained: bool = typer.Option(
         False, "--allow-untrained", help="Run a model that has no trained weights (random "
         "outputs; for tests and development). Warns on every run."),
+    as_json: bool = typer.Option(False, "--json", help="Per-session results as JSON on stdout."),
+    overlay: Optional[Path] = typer.Option(
+        None, "--overlay", help="Then draw the stored results on the video into this .mp4 "
+        "(one source file only)."),
 ) -> None:
     """Analyse videos or live streams; write per-face timelines to Redis."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -96,6 +132,8 @@ def run(
                            "inference": {"fer_model": fer_model, "au_model": au_model},
                            "redis": {"url": redis_url}})
     check_models(cfg, allow_untrained)
+    if overlay is not None and (len(sources) != 1 or is_live(sources[0])):
+        fail("--overlay needs exactly one source, a video file", 2)
     for s in sources:
         if not is_live(s) and not Path(s).is_file():
             fail(f"video file not found: {s}")
@@ -109,7 +147,7 @@ def run(
     console.print(f"Redis: {url} ({how}); starting Ray and the inference deployment…")
     from affectstream.pipeline import dag
 
-    logging.getLogger("ray").setLevel(logging.ERROR)
+    quiet_ray()
     progress = Progress(TextColumn("{task.description}"), BarColumn(),
                         TextColumn("{task.completed}/{task.total} frames"),
                         TextColumn("{task.fields[fps]:.1f} fps"),
@@ -140,11 +178,14 @@ def run(
     finally:
         progress.stop()
         dag.shutdown()
-    failed = 0
+    failed = sum(1 for r in reports if r.error)
     for r in reports:
         if r.error:
-            failed += 1
-            console.print(f"[bold red]error:[/] {r.url}: {r.error}")
+            console.print(f"[bold red]error:[/] {r.url}: {r.error}", highlight=False)
+    if as_json:
+        print_json([run_result(r, url) for r in reports])
+    for r in reports:
+        if r.error or as_json:
             continue
         fps = r.fps
         out.print(f"[bold]{r.session_id}[/]: {r.frames} frames analysed ({fps:.1f} frames/s), "
@@ -157,85 +198,20 @@ def run(
                   + ("" if how != "given" else f" --redis-url {url}"))
     if failed:
         raise typer.Exit(1)
+    if overlay is not None:
+        from affectstream.pipeline.cli_overlay import overlay_or_fail
+
+        overlay_or_fail(sess[0], sources[0], overlay, url, cfg, summary_to_stderr=as_json)
 
 
-# ------------------------------------------------------------------------------------- timeline
-
-@app.command()
-def sessions(redis_url: Optional[str] = typer.Option(None, "--redis-url")) -> None:
-    """List sessions with their status and last update."""
-    from affectstream.pipeline.redis_store import TimelineStore, connect
-
-    url, _ = _redis(redis_url or os.environ.get("AFFECTSTREAM_REDIS_URL"))
-    store = TimelineStore(connect(url))
-    t = Table("session", "status", "tracks", "last update (UTC)", "source")
-    for sid, ms in store.sessions():
-        meta = store.meta(sid)
-        t.add_row(sid, meta.get("status", "?"), str(len(store.tracks(sid))),
-                  time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms / 1000)),
-                  meta.get("source", ""))
-    out.print(t)
-
-
-@app.command()
-def timeline(
-    session: str = typer.Argument(..., help="Session id."),
-    redis_url: Optional[str] = typer.Option(None, "--redis-url"),
-    track: Optional[int] = typer.Option(None, help="Only this track id."),
-    from_ms: Optional[int] = typer.Option(None, help="From capture time, epoch ms."),
-    to_ms: Optional[int] = typer.Option(None, help="To capture time, epoch ms."),
-    every_ms: Optional[int] = typer.Option(None, help="Downsample: one point per N ms per track."),
-    fmt: str = typer.Option("table", "--format", "-f", help="table | csv | json"),
-    plot: Optional[Path] = typer.Option(None, help="Write a PNG of emotion + AU curves."),
-) -> None:
-    """Show a session's timeline (table, CSV or JSON) and optionally plot it."""
-    from affectstream.pipeline.redis_store import TimelineStore, connect
-
-    url, _ = _redis(redis_url or os.environ.get("AFFECTSTREAM_REDIS_URL"))
-    store = TimelineStore(connect(url))
-    if not store.meta(session) and not store.tracks(session):
-        known = ", ".join(s for s, _ in store.sessions()[:10]) or "none"
-        fail(f"no session {session!r} in {url} (known: {known})")
-    pts = store.timeline(session, track, from_ms, to_ms, every_ms)
-    if not pts:
-        fail(f"session {session!r} has no points in that range")
-    t0 = pts[0].ts_ms - pts[0].pts_ms
-    if fmt == "csv" or fmt == "json":
-        rows = []
-        for p in pts:
-            row = {"session_id": p.session_id, "track_id": p.track_id, "ts_ms": p.ts_ms,
-                   "pts_ms": p.pts_ms, "emotion": p.emotion}
-            row.update({f"p_{k}": round(v, 4) for k, v in p.emotion_probs.items()})
-            row.update({k: round(v, 3) for k, v in p.au_intensity.items()})
-            row.update({f"sal_{k}": round(v, 3) for k, v in p.saliency.items()})
-            row.update(dict(zip(("x1", "y1", "x2", "y2"), p.bbox_xyxy)))
-            row["det_score"] = p.det_score
-            rows.append(row)
-        if fmt == "json":
-            sys.stdout.write(json.dumps(rows) + "\n")
-        else:
-            import csv
-
-            w = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-    elif fmt == "table":
-        t = Table("time (s)", "track", "emotion", "probabilities (top 3)", "top AUs (0–5)",
-                  title=f"{session}: {len(pts)} points", title_justify="left")
-        for p in pts:
-            top = sorted(p.emotion_probs.items(), key=lambda kv: -kv[1])[:3]
-            aus = sorted(p.au_intensity.items(), key=lambda kv: -kv[1])[:3]
-            t.add_row(f"{p.pts_ms / 1000:.2f}", str(p.track_id), p.emotion,
-                      " ".join(f"{k[:4]} {v:.2f}" for k, v in top),
-                      " ".join(f"{k} {v:.1f}" for k, v in aus if v >= 0.05) or "-")
-        out.print(t)
-    else:
-        fail(f"unknown --format {fmt!r} (table, csv, json)")
-    if plot is not None:
-        from affectstream.pipeline.plot import plot_timeline
-
-        plot_timeline(pts, plot, title=session, t0_ms=t0)
-        console.print(f"plot written to {plot}")
+def run_result(r: Any, redis_url: str) -> dict[str, Any]:
+    """One stream's outcome as JSON-able dict (snake_case keys, units in the names)."""
+    return {"session_id": r.session_id, "source": r.url, "ok": r.error is None,
+            "error": r.error, "frames_analysed": r.frames, "frames_per_s": round(r.fps, 3),
+            "tracks": len(r.tracks), "points_written": r.points,
+            "points_already_present": r.duplicates,
+            "frames_dropped_behind": int(r.source_stats.get("dropped_behind", 0)),
+            "redis_url": redis_url}
 
 
 @app.command()
@@ -249,8 +225,10 @@ def demo(
     console.print("fetching pinned weights and the sample clip (first time only)…")
     models_fetch()
     clip = artifact_path("WolfgangLanger_Pexels.mp4")
-    run([str(clip)], ["demo"], redis_url, None, None, None, None, None, False)
-    timeline("demo", redis_url, None, None, None, 1000, "table", plot)
+    run([str(clip)], ["demo"], redis_url, None, None, None, None, None, False, False, None)
+    from affectstream.pipeline.cli_sessions import timeline
+
+    timeline("demo", redis_url, None, None, None, 1000, None, "table", plot)
 
 
 # --------------------------------------------------------------------------------------- models
@@ -305,7 +283,9 @@ def models_list(
 def bench(
     video: Optional[str] = typer.Argument(
         None, help="Video file or stream URL (default: a real 640x360 sample clip)."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write results as JSON."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o",
+                                          help="Also write the results to this JSON file."),
+    as_json: bool = typer.Option(False, "--json", help="Results as JSON on stdout (no tables)."),
     redis_url: Optional[str] = typer.Option(None, "--redis-url"),
     config: Optional[str] = typer.Option(None, "--config", "-c"),
     streams: int = typer.Option(1, help="Copies of the video analysed at once."),
@@ -343,6 +323,7 @@ def bench(
             res = run_kafka_bench(video, cfg, url, bootstrap=bootstrap, fps=fps,
                                   streams=streams, console=console)
         else:
+            quiet_ray()
             res = run_bench(video, cfg, url, streams, console, max_frames=max_frames)
     except RuntimeError as e:
         fail(str(e))
@@ -350,18 +331,21 @@ def bench(
     t.add_column("metric")
     t.add_column("value", justify="right")
     for k, v in res["summary"].items():
-        t.add_row(k, v if isinstance(v, str) else f"{v:.2f}")
+        t.add_row(k, str(v).lower() if isinstance(v, (str, bool)) else f"{v:.2f}")
     st = Table(title="per-stage time per frame (ms; each stage's own work)")
     for c in ("stage", "mean", "p50", "p99"):
         st.add_column(c, justify="right")
     for k, v in res["stages_ms"].items():
         st.add_row(k, f"{v['mean']:.2f}", f"{v['p50']:.2f}", f"{v['p99']:.2f}")
-    out.print(t)
-    out.print(st)
-    if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(res, indent=2))
-        console.print(f"results written to {json_path}")
+    if as_json:
+        print_json(res)
+    else:
+        out.print(t)
+        out.print(st)
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(res, indent=2) + "\n")
+        console.print(f"results written to {output}")
 
 
 # ------------------------------------------------------------------------- mounted sub-commands
@@ -370,10 +354,13 @@ def _mount() -> None:
     from affectstream.pipeline.cli_analyze import analyze_app
     from affectstream.pipeline.cli_eval_au import eval_au_cli
     from affectstream.pipeline.cli_kafka import kafka_cli
+    from affectstream.pipeline.cli_overlay import overlay_cli
+    from affectstream.pipeline.cli_sessions import data_cli, sessions_app
     from affectstream.pipeline.cli_train import train_cli
 
     app.add_typer(analyze_app, name="analyze")
-    for sub in (kafka_cli, train_cli, eval_au_cli):  # publish, serve, train, eval as top-level commands
+    app.add_typer(sessions_app, name="sessions")
+    for sub in (data_cli, overlay_cli, kafka_cli, train_cli, eval_au_cli):  # publish, serve, train, eval as top-level commands
         app.registered_commands.extend(sub.registered_commands)
 
 

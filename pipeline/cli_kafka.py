@@ -40,6 +40,11 @@ def publish_cmd(
         min=0.1, help="Seconds to wait for the broker / stream.")] = 10.0,
     config: Annotated[str, typer.Option(
         help="Config YAML or preset (security settings, defaults).")] = "",
+    realtime: Annotated[bool, typer.Option(
+        "--realtime", help="Pace frames by their timestamps (PTS), like a live camera.")] = False,
+    loop: Annotated[bool, typer.Option(
+        "--loop", help="Start over at the end, media time continuing; until Ctrl-C or "
+        "--max-frames.")] = False,
 ) -> None:
     """Publish SOURCE to Kafka, one JPEG per message keyed by session (DESIGN §5)."""
     from pydantic import ValidationError
@@ -68,7 +73,8 @@ def publish_cmd(
         with progress:
             stats = publish(source, cfg.bootstrap, cfg.topic, session or None, fps or None,
                             jpeg_quality, max_frames=max_frames or None, progress=on_frame,
-                            partitions=partitions, cfg=cfg, open_timeout_s=connect_timeout)
+                            partitions=partitions, cfg=cfg, open_timeout_s=connect_timeout,
+                            realtime=realtime, loop=loop)
     except FileNotFoundError as e:
         _fail(2, str(e))
     except SourceError as e:

@@ -169,6 +169,7 @@ class SinkActor:
         if self.handle is None:
             from ray import serve
 
+            logging.getLogger("ray.serve").setLevel(logging.WARNING)  # its import set INFO
             self.handle = serve.get_deployment_handle("Inference", app_name=APP_NAME)
         res = None
         if len(tracked.faces):
@@ -229,6 +230,7 @@ class SinkActor:
 
         from affectstream.pipeline.inference import InferRequest
 
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)  # its import set INFO
         if self.handle is None:
             self.handle = serve.get_deployment_handle("Inference", app_name=APP_NAME)
         await self.handle.remote(InferRequest(np.zeros((0, 1, 1), np.uint8), None))

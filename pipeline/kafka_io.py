@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from affectstream.operators.decode import SourceError, VideoSource  # noqa: F401  (re-exported: publish raises it)
+from affectstream.operators.decode import SourceError, VideoSource, replay  # noqa: F401  (re-exported: publish raises it)
 from affectstream.operators.records import Frame
 from affectstream.pipeline import metrics
 from affectstream.pipeline.config import KafkaConfig
@@ -217,7 +217,8 @@ def publish(source: str | Path, bootstrap: str = "127.0.0.1:9092", topic: str = 
             progress: Callable[[int, int | None], None] | None = None,
             create_topic: bool = True, partitions: int = 1, cfg: KafkaConfig | None = None,
             producer: Any = None, rtsp_transport: str = "tcp", open_timeout_s: float = 10.0,
-            flush_timeout_s: float = 60.0) -> PublishStats:
+            flush_timeout_s: float = 60.0, realtime: bool = False,
+            loop: bool = False) -> PublishStats:
     """Publish a video file or RTSP stream to Kafka as envelope-v1 JPEG frames.
 
     Frames are resampled to ``fps`` by presentation time; ``ts_ms`` = ``start_ts_ms`` (default:
@@ -242,6 +243,8 @@ def publish(source: str | Path, bootstrap: str = "127.0.0.1:9092", topic: str = 
         rtsp_transport: ``tcp`` or ``udp``.
         open_timeout_s: timeout opening a stream, seconds.
         flush_timeout_s: how long to wait for the final acknowledgements, seconds.
+        realtime / loop: replay the file as a live camera: paced by PTS, looping with media
+            time continuing (:func:`operators.decode.replay`; ``max_frames`` bounds all passes).
 
     Returns:
         :class:`PublishStats`.
@@ -268,8 +271,8 @@ def publish(source: str | Path, bootstrap: str = "127.0.0.1:9092", topic: str = 
         check_broker(bootstrap, timeout_s=min(open_timeout_s, 10.0), **ckw)
     if create_topic:
         ensure_topics(bootstrap, [topic], partitions, **ckw)
-    reader = sampled_frames(src, fps, max_frames, rtsp_transport, open_timeout_s)
-    frames = iter(reader)
+    reader = sampled_frames(src, fps, None if loop else max_frames, rtsp_transport, open_timeout_s)
+    frames = replay(reader, realtime, loop, max_frames)
     first = next(frames, None)  # opens the source: errors surface before producing anything
     if own:
         producer = make_producer(bootstrap, cfg)
@@ -281,7 +284,7 @@ def publish(source: str | Path, bootstrap: str = "127.0.0.1:9092", topic: str = 
         with lock:
             failures.append(exc)
 
-    total = reader.expected_frames()
+    total = max_frames if loop else reader.expected_frames()
     try:
         seq = start_seq
         for fr in itertools.chain([first] if first is not None else [], frames):

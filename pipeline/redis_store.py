@@ -3,7 +3,9 @@
 Keys (every key of a session shares the cluster hash tag ``{sid}``)::
 
     <p>:sessions              ZSET   session_id -> last update ms
-    <p>:{sid}:meta            HASH   source, created_ms, updated_ms, status, models, config digest
+    <p>:{sid}:meta            HASH   source, created_ms, updated_ms (capture time of the newest
+                                     point), last_write_ms (wall clock of the last write), status,
+                                     ended_ms, models, config digest
     <p>:{sid}:tracks          ZSET   track_id -> first seen ms
     <p>:{sid}:track:{tid}     STREAM one entry per analysed frame of that face, ID ``<ts_ms>-0``
 
@@ -84,7 +86,8 @@ class RedisSink:
         p = self.r.pipeline(transaction=False)
         p.hsetnx(self.k.meta(sid), "created_ms", now)
         p.hset(self.k.meta(sid), mapping={"source": source, "updated_ms": now, "status": "running",
-                                          "models": models, "config_digest": config_digest})
+                                          "models": models, "config_digest": config_digest,
+                                          "last_write_ms": int(time.time() * 1000)})
         p.persist(self.k.meta(sid))
         p.zadd(self.k.sessions, {sid: now})
         p.execute()
@@ -119,9 +122,10 @@ class RedisSink:
                 self._known_tracks.add((pt.session_id, pt.track_id))
             adds_track.append(new)
             newest[pt.session_id] = max(newest.get(pt.session_id, 0), pt.ts_ms)
+        wall = int(time.time() * 1000)
         for sid, ts in newest.items():
             p.zadd(self.k.sessions, {sid: ts})
-            p.hset(self.k.meta(sid), "updated_ms", ts)
+            p.hset(self.k.meta(sid), mapping={"updated_ms": ts, "last_write_ms": wall})
         try:
             out = p.execute(raise_on_error=False)
         except Exception:
@@ -240,6 +244,32 @@ class TimelineStore:
                 lo = "(" + entries[-1][0]  # exclusive start after the last entry read
 
         yield from _downsample(pages(), every_ms)
+
+    def session_keys(self, sid: str) -> list[str]:
+        """Every key of the session (meta, tracks, track streams, checkpoint, ...), found by
+        ``SCAN`` over the session's hash-tagged key space ``<prefix>:{sid}:*``."""
+        pattern = _glob_escape(f"{self.k.prefix}:{{{sid}}}:") + "*"
+        return sorted(set(self.r.scan_iter(match=pattern, count=1000)))
+
+    def ttl_s(self, sid: str) -> int | None:
+        """Seconds until the session's keys expire; None when they do not expire (running, or
+        ``redis.session_ttl_s`` is null) or the session has no meta."""
+        t = self.r.ttl(self.k.meta(sid))
+        return int(t) if t is not None and t >= 0 else None
+
+    def delete(self, sid: str) -> int:
+        """Remove every key of the session and its entry in the sessions index.
+
+        Returns:
+            Number of keys deleted (0 for an unknown session; the index entry is removed anyway).
+        """
+        keys = self.session_keys(sid)
+        p = self.r.pipeline(transaction=False)
+        for chunk in iter_chunks(keys, 500):
+            p.unlink(*chunk)
+        p.zrem(self.k.sessions, sid)
+        res = p.execute()
+        return int(sum(res[:-1]))
 
     def exists(self, sid: str) -> bool:
         """Whether the session has a meta hash or tracks (expired sessions do not)."""
@@ -379,6 +409,11 @@ def _downsample(points: Iterable[TimelinePoint], every_ms: int | None
                 continue
             last_bucket = b
         yield pt
+
+
+def _glob_escape(s: str) -> str:
+    """``s`` with Redis glob metacharacters (``* ? [ ] \\``) escaped for ``SCAN MATCH``."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in s)
 
 
 def iter_chunks(items: Sequence[Any], n: int) -> Iterable[Sequence[Any]]:

@@ -43,3 +43,36 @@ def test_end_session_sets_ttl(redis_url):
     k = Keys()
     assert 0 < r.ttl(k.track("s2", 3)) <= 60
     assert r.hget(k.meta("s2"), "status") == "ended"
+
+
+def test_delete_removes_every_key_of_the_session_only(redis_url):
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    sink = RedisSink(r)
+    for sid in ("del*me", "keep"):  # a glob character in the id must not widen the match
+        sink.start_session(sid, source="x")
+        sink.write([_pt(sid, 1, 5000), _pt(sid, 2, 5100)])
+    r.set("affect:{del*me}:ckpt", "state")  # other keys of the session go too
+    r.set("affect:{delXme}:meta", "not this session")
+    store = TimelineStore(r)
+    assert store.delete("del*me") == 5  # meta, tracks, 2 track streams, ckpt
+    assert not store.exists("del*me") and r.zscore(Keys().sessions, "del*me") is None
+    assert store.exists("keep") and r.get("affect:{delXme}:meta") == "not this session"
+    assert [s for s, _ in store.sessions()] == ["keep"]
+    assert store.delete("never-was") == 0
+
+
+@pytest.mark.parametrize("ttl_s, expected", [(3600, 3600), (None, None)])
+def test_retention_and_wall_clock_last_write(redis_url, ttl_s, expected):
+    import time
+
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    sink = RedisSink(r, session_ttl_s=ttl_s)
+    sink.start_session("s", source="x")
+    t0 = int(time.time() * 1000)
+    sink.write([_pt("s", 1, 5000)])  # capture time 5 s after the epoch: far from the wall clock
+    meta = TimelineStore(r).meta("s")
+    assert int(meta["updated_ms"]) == 5000 and abs(int(meta["last_write_ms"]) - t0) < 5000
+    assert TimelineStore(r).ttl_s("s") is None  # running: kept
+    sink.end_session("s")
+    got = TimelineStore(r).ttl_s("s")
+    assert got == expected if expected is None else expected - 5 <= got <= expected

@@ -1,0 +1,119 @@
+"""Shared pieces of the command line: consoles, global flags, one-line errors, Redis lookup.
+
+The global flags (``--quiet``, ``--log-level``, ``--debug``) are set once by the main app's
+callback and read here by every command module, so no command module imports ``cli`` (which
+mounts them).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+"""Progress and information (stderr); silenced by ``--quiet``."""
+out = Console(width=None if sys.stdout.isatty() else 160)  # pipes/files: don't squeeze tables
+"""Results (stdout)."""
+_errors = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+
+@dataclass
+class Flags:
+    """Global flags of one invocation."""
+
+    quiet: bool = False
+    debug: bool = False
+    log_level: str = "warning"
+
+
+FLAGS = Flags()
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def configure(quiet: bool, debug: bool, log_level: str) -> None:
+    """Apply the global flags: console verbosity, Python and Ray log levels.
+
+    Raises:
+        typer.BadParameter: unknown ``log_level``.
+    """
+    level = log_level.lower()
+    if level not in LOG_LEVELS:
+        raise typer.BadParameter(f"{log_level!r}: one of {', '.join(LOG_LEVELS)}",
+                                 param_hint="--log-level")
+    if debug and level == "warning":
+        level = "debug"
+    FLAGS.quiet, FLAGS.debug, FLAGS.log_level = quiet, debug, level
+    console.quiet = quiet
+    lvl = getattr(logging, level.upper())
+    logging.basicConfig(level=lvl, format="%(levelname)s %(name)s: %(message)s", force=True)
+    # Ray and its helpers log INFO lines at start-up; keep them at the asked level or quieter
+    ray_lvl = max(lvl, logging.WARNING) if not debug else lvl
+    for name in ("ray", "ray.serve", "ray.data", "ray.tune", "ray._private", "filelock"):
+        logging.getLogger(name).setLevel(ray_lvl)
+
+
+def quiet_ray() -> None:
+    """Import Ray Serve and put its driver-side logger back to the asked level (its import sets
+    it to INFO, so start-up lines like "Started Serve in namespace" would reach stderr)."""
+    import ray.serve  # noqa: F401
+
+    lvl = getattr(logging, FLAGS.log_level.upper())
+    ray_lvl = lvl if FLAGS.debug else max(lvl, logging.WARNING)
+    for name in ("ray", "ray.serve"):
+        logging.getLogger(name).setLevel(ray_lvl)
+
+
+def fail(msg: str, code: int = 1) -> NoReturn:
+    """Print a one-line error (even with ``--quiet``) and exit with ``code``."""
+    _errors.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def warn(msg: str) -> None:
+    """Print a one-line warning on stderr (silenced by ``--quiet``)."""
+    console.print(f"[bold yellow]warning:[/] {msg}", highlight=False, soft_wrap=True)
+
+
+def one_line_error(exc: BaseException) -> str:
+    """``Type: message`` of an exception, on one line (first line of the message)."""
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
+def print_json(obj: Any) -> None:
+    """Write ``obj`` as one JSON document on stdout."""
+    sys.stdout.write(json.dumps(obj, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def resolve_redis_or_fail(url: str | None, password: str | None = None) -> tuple[str, str]:
+    """``(url, how)`` of the Redis to use (see ``redis_server.resolve_redis``); exits 1 with a
+    one-line error when none answers."""
+    from affectstream.pipeline.redis_server import RedisUnavailable, resolve_redis
+
+    try:
+        return resolve_redis(url, password)
+    except RedisUnavailable as e:
+        fail(str(e))
+
+
+def redis_url_or_env(url: str | None) -> str:
+    """The Redis URL of a read command: ``--redis-url``, else ``$AFFECTSTREAM_REDIS_URL``, else
+    the local default (exits 1 when none answers)."""
+    return resolve_redis_or_fail(url or os.environ.get("AFFECTSTREAM_REDIS_URL"))[0]
+
+
+def utc(ms: int | float | None) -> str:
+    """Epoch ms as ``YYYY-MM-DD HH:MM:SS`` UTC ('-' for None)."""
+    if ms is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(ms) / 1000))
