@@ -14,7 +14,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+if not os.environ.get("RAY_ADDRESS"):  # a local Ray, loopback only (pipeline.dag.init_ray)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 # Ray's native crash handler would take SIGTERM away from our clean-shutdown handler (serve)
 os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
 

@@ -318,7 +318,8 @@ def test_serve_ingress_answers_over_http(redis_url, data):
     os.environ["RAY_AUTH_MODE"] = "disabled"
     port = free_port()
     tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    ray.init(num_cpus=1, include_dashboard=False, _temp_dir=tmp, log_to_driver=False)
+    ray.init(num_cpus=1, include_dashboard=False, _temp_dir=tmp, log_to_driver=False,
+             _node_ip_address="127.0.0.1")
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app({"redis_url": redis_url, "ingest": False}), name="query",
