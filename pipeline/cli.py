@@ -118,9 +118,25 @@ def run(
         progress.update(tasks[sid], advance=1, fps=rep.frames / dt,  # type: ignore[attr-defined]
                         faces=res["faces"])
 
+    waiting: set[str] = set()
+
+    def on_status(rep: object, st: dict) -> None:
+        sid = rep.session_id  # type: ignore[attr-defined]
+        if sid not in tasks:
+            return
+        if st["waiting"]:
+            waiting.add(sid)
+            progress.update(tasks[sid], description=(
+                f"{sid} [yellow]waiting for Redis {st['waiting_s']:.0f}/"
+                f"{cfg.redis.outage_tolerance_s:.0f} s[/]"))
+        elif sid in waiting:
+            waiting.discard(sid)
+            progress.update(tasks[sid], description=sid)
+            console.print(f"{sid}: Redis is back; buffered points written")
+
     try:
         reports = dag.run_streams(list(zip(sources, sess)), cfg, url, on_progress, on_start,
-                                  max_frames=max_frames)
+                                  max_frames=max_frames, on_status=on_status)
     finally:
         progress.stop()
         dag.shutdown()

@@ -110,6 +110,10 @@ class RedisConfig(_Frozen):
     session_ttl_s: int | None = Field(
         7 * 24 * 3600, ge=1, description="TTL of a session's keys after it ends, seconds.")
     pipeline_size: int = Field(256, ge=1, description="Commands per Redis pipeline flush.")
+    outage_tolerance_s: float = Field(
+        300.0, ge=0, description="How long `run` and `serve` wait for an unreachable Redis "
+        "(backoff, 'waiting for Redis' shown; analysed points are held meanwhile) before they "
+        "fail, seconds (pipeline.redis_retry).")
 
 
 class KafkaConfig(_Frozen):

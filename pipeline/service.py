@@ -152,8 +152,9 @@ class KafkaStream:
             or 1).
         consumer_kw: extra ``KafkaConsumer`` settings.
 
-    Redis or inference unreachable are retried with backoff (the session waits, nothing is
-    skipped); a broker that does not answer at start is retried until ``stop``.
+    Redis unreachable is waited for with backoff up to ``redis.outage_tolerance_s`` (the session
+    waits, nothing is skipped; :mod:`pipeline.redis_retry`), inference unreachable is retried
+    with backoff; a broker that does not answer at start is retried until ``stop``.
     """
 
     def __init__(self, cfg: PipelineConfig, redis_url: str, infer: Infer, *,
@@ -211,20 +212,14 @@ class KafkaStream:
         return await asyncio.get_running_loop().run_in_executor(self._pools[pool], fn, *args)
 
     def _retry(self, what: str, fn: Callable, *args: Any) -> Any:
-        """Call ``fn`` until it succeeds (Redis down for a while: retried, nothing skipped)."""
-        import redis
+        """Call ``fn`` under the shared Redis outage policy (:mod:`pipeline.redis_retry`):
+        waits up to ``redis.outage_tolerance_s``, then raises ``RedisOutage`` (the session
+        fails, the consumer loop ends and Serve restarts the replica from the last commit)."""
+        from affectstream.pipeline.redis_retry import call_redis
 
-        delay = 0.2
-        while True:
-            try:
-                return fn(*args)
-            except (redis.ConnectionError, redis.TimeoutError) as e:
-                if self._abort:
-                    raise
-                log.warning("%s: %s failed (%s); retrying in %.1f s", self.instance, what, e,
-                            delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        return call_redis(fn, *args, what=f"{self.instance}: {what}",
+                          tolerance_s=self.cfg.redis.outage_tolerance_s,
+                          abort=lambda: self._abort)
 
     # -- lifecycle --
     async def run(self, stop: asyncio.Event) -> None:
