@@ -566,6 +566,9 @@ if serve is not None:
 
         def __init__(self, config: str | None = None,
                      overrides: dict[str, Any] | None = None, **handles: Any) -> None:
+            from affectstream.pipeline.ray_net import serve_replica_on_loopback
+
+            serve_replica_on_loopback()
             self.handles = handles
             cfg = _resolve(config, overrides or {})
             self._app = create_app(cfg.redis.url or "redis://127.0.0.1:6379/0",

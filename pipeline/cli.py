@@ -125,6 +125,10 @@ def run(
         if sid not in tasks:
             return
         if st["waiting"]:
+            if sid not in waiting:  # a line in logs too (the progress bar is tty-only)
+                console.print(f"{sid}: waiting for Redis (up to "
+                              f"{cfg.redis.outage_tolerance_s:.0f} s; analysed points are held): "
+                              f"{st['last_error']}", highlight=False)
             waiting.add(sid)
             progress.update(tasks[sid], description=(
                 f"{sid} [yellow]waiting for Redis {st['waiting_s']:.0f}/"

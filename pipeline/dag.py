@@ -285,7 +285,7 @@ def init_ray(cfg: PipelineConfig) -> None:
     ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``, as for any Ray client).
 
     Raises:
-        RayAuthError: ``RAY_ADDRESS`` names a non-loopback cluster and ``RAY_AUTH_MODE=disabled``.
+        pipeline.ray_net.RayAuthError: ``RAY_ADDRESS`` names a non-loopback cluster and ``RAY_AUTH_MODE=disabled``.
     """
     for name in ("ray", "ray.serve"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -294,6 +294,8 @@ def init_ray(cfg: PipelineConfig) -> None:
     kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
                           "logging_level": logging.WARNING, "configure_logging": True}
     address = os.environ.get("RAY_ADDRESS", "").strip()
+    from affectstream.pipeline.ray_net import check_cluster_auth, loopback_only_ray
+
     if address:
         check_cluster_auth(address, os.environ)
         os.environ.setdefault("RAY_AUTH_MODE", "token")
@@ -302,36 +304,6 @@ def init_ray(cfg: PipelineConfig) -> None:
         kw["num_cpus"] = cfg.ray_num_cpus or os.cpu_count()
         kw["_node_ip_address"] = "127.0.0.1"
     ray.init(**kw)
-
-
-class RayAuthError(RuntimeError):
-    """Ray would accept unauthenticated connections from beyond this machine."""
-
-
-def check_cluster_auth(address: str, env: Any) -> None:
-    """Refuse to join a non-loopback Ray cluster with token auth explicitly disabled.
-
-    Raises:
-        RayAuthError: ``address`` is not loopback and ``env["RAY_AUTH_MODE"]`` is ``disabled``.
-    """
-    from affectstream.pipeline.api import is_loopback
-
-    host = address.split("://", 1)[-1].rsplit(":", 1)[0] if address != "auto" else "auto"
-    if not is_loopback(host) and env.get("RAY_AUTH_MODE", "").lower() == "disabled":
-        raise RayAuthError(
-            f"RAY_AUTH_MODE=disabled with RAY_ADDRESS={address}: a Ray cluster reachable beyond "
-            "loopback needs token auth (unset RAY_AUTH_MODE or set it to 'token', and give the "
-            "token with RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)")
-
-
-def loopback_only_ray() -> None:
-    """Configure this process (and the Ray processes it starts) for a loopback-only local Ray:
-    no 127.0.0.1 -> node-IP rewrite, and token auth off unless ``RAY_AUTH_MODE`` is set."""
-    from ray._private import ray_constants
-
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # the Ray processes started from here
-    ray_constants.ENABLE_RAY_CLUSTER = False  # this process (read when ray.init resolves the IP)
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 def start_inference(cfg: PipelineConfig) -> Any:

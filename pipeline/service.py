@@ -745,7 +745,9 @@ if serve is not None:
             import ray
 
             from affectstream.pipeline.api import _resolve
+            from affectstream.pipeline.ray_net import serve_replica_on_loopback
 
+            serve_replica_on_loopback()
             cfg = _resolve(config, overrides or {})
             try:
                 from ray.serve._private.constants import SERVE_NAMESPACE
