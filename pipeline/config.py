@@ -156,6 +156,9 @@ class ApiConfig(_Frozen):
     port: int = Field(8000, ge=1, le=65535)
     auth_token: str | None = Field(
         None, description="Bearer token; required when bound to a non-loopback address.")
+    max_sse_connections: int = Field(
+        64, ge=1, le=10_000, description="Open live-tail (SSE) connections per API replica; "
+        "more are answered 503 so probes and queries always get through.")
 
 
 class PipelineConfig(_Frozen):
