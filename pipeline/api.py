@@ -585,30 +585,42 @@ try:  # Ray is a dependency, but keep create_app usable where it cannot be impor
 except ImportError:  # pragma: no cover
     serve = None  # type: ignore[assignment]
 
-_BUILD_ARGS = ("config", "config_json", "redis_url", "redis_password", "key_prefix",
-               "auth_token", "host", "bootstrap", "consumers", "ingest", "num_replicas",
-               "num_cpus")
+_BUILD_ARGS = ("config", "config_json", "redis_url", "key_prefix", "host", "bootstrap",
+               "consumers", "ingest", "num_replicas", "num_cpus", "secrets_dir")
+_SECRET_ARGS = {"auth_token": "AFFECTSTREAM_API_TOKEN", "redis_password":
+                "AFFECTSTREAM_REDIS_PASSWORD", "kafka_password": "AFFECTSTREAM_KAFKA_PASSWORD"}
 
 
 def _resolve(config: str | None, overrides: dict[str, Any]) -> Any:
     """The replica's :class:`~pipeline.config.PipelineConfig`: ``overrides["config_json"]`` (a
-    whole config resolved elsewhere, e.g. by ``affectstream serve``) or the YAML ``config`` with
-    the environment applied, then the explicit overrides."""
-    from affectstream.pipeline.config import PipelineConfig, _merge, load_config
+    whole config resolved elsewhere, e.g. by ``affectstream serve``, secrets removed) or the YAML
+    ``config`` with the environment applied, then the explicit overrides. Secrets come from this
+    process's environment and secret files (``overrides["secrets_dir"]``,
+    ``AFFECTSTREAM_SECRETS_DIR``; :func:`pipeline.config.apply_secrets`), never from arguments."""
+    from affectstream.pipeline.config import PipelineConfig, _merge, apply_secrets, load_config
 
+    secret_args = sorted(set(overrides) & set(_SECRET_ARGS))
+    if secret_args:
+        raise ApiConfigError(
+            f"secrets are not build_app args ({', '.join(secret_args)}): they would show in the "
+            "Serve config; set " + ", ".join(_SECRET_ARGS[a] for a in secret_args)
+            + " (or <VAR>_FILE, or a secrets_dir) where the replicas run")
     explicit = {
         "redis": {"url": overrides.get("redis_url"),
-                  "password": overrides.get("redis_password"),
                   "key_prefix": overrides.get("key_prefix")},
-        "api": {"host": overrides.get("host"), "auth_token": overrides.get("auth_token")},
+        "api": {"host": overrides.get("host")},
         "kafka": {"bootstrap": overrides.get("bootstrap"),
                   "consumers": overrides.get("consumers")}}
     if overrides.get("config_json"):
         if config:
             raise ApiConfigError("give build_app either config or config_json, not both")
         base = PipelineConfig.model_validate_json(overrides["config_json"]).model_dump()
+        base = apply_secrets(base, secrets_dir=overrides.get("secrets_dir"))
         clean = {s: {k: v for k, v in d.items() if v is not None} for s, d in explicit.items()}
         return PipelineConfig.model_validate(_merge(base, clean))
+    if overrides.get("secrets_dir"):
+        explicit = _merge(apply_secrets({}, secrets_dir=overrides["secrets_dir"]),
+                          explicit)
     return load_config(config, overrides=explicit)
 
 
@@ -650,22 +662,25 @@ def build_app(args: dict[str, Any] | None = None) -> Any:
 
     Args:
         args: optional ``config`` (YAML path or preset for :func:`pipeline.config.load_config`)
-            or ``config_json`` (a complete config as JSON), ``redis_url``, ``redis_password``,
-            ``key_prefix``, ``auth_token``, ``host`` (the address the Serve HTTP proxy binds;
-            non-loopback needs a token), ``bootstrap`` (Kafka), ``consumers``, ``ingest``
-            (default true; false = the query API alone), ``num_replicas`` and ``num_cpus`` (of
-            ``QueryAPI``).
+            or ``config_json`` (a complete config as JSON, secrets removed), ``redis_url``,
+            ``key_prefix``, ``host`` (the address the Serve HTTP proxy binds; non-loopback needs
+            a token), ``bootstrap`` (Kafka), ``consumers``, ``ingest`` (default true; false = the
+            query API alone), ``num_replicas`` and ``num_cpus`` (of ``QueryAPI``),
+            ``secrets_dir`` (a directory of secret files on the replicas' machines). Secrets
+            (API token, Redis / Kafka passwords) are never args: every replica reads them from
+            its environment or secret files (:func:`pipeline.config.apply_secrets`).
 
     Returns:
         ``serve.Application``.
 
     Raises:
-        ApiConfigError: unknown args, or non-loopback host without a token.
+        ApiConfigError: unknown args, a secret given as an arg, or non-loopback host without a
+            token.
     """
     if serve is None:  # pragma: no cover
         raise ApiConfigError("ray[serve] is not installed")
     args = dict(args or {})
-    unknown = sorted(set(args) - set(_BUILD_ARGS))
+    unknown = sorted(set(args) - set(_BUILD_ARGS) - set(_SECRET_ARGS))
     if unknown:
         raise ApiConfigError(f"unknown build_app args {unknown}; known: {list(_BUILD_ARGS)}")
     config = args.pop("config", None)

@@ -824,6 +824,7 @@ class Service:
     cfg: PipelineConfig
     app_name: str
     url: str
+    secrets_dir: str | None = None
 
     def ingest_handle(self) -> Any:
         return serve.get_deployment_handle("KafkaIngest", app_name=self.app_name)
@@ -847,7 +848,13 @@ class Service:
 
     def stop(self) -> None:
         """Delete the application: consumers drain, checkpoint, commit and leave the group."""
-        serve.delete(self.app_name)
+        try:
+            serve.delete(self.app_name)
+        finally:
+            if self.secrets_dir:
+                import shutil
+
+                shutil.rmtree(self.secrets_dir, ignore_errors=True)
 
 
 def _quiet() -> dict[str, Any]:
@@ -883,10 +890,29 @@ def start_service(cfg: PipelineConfig, *, app_name: str = APP_NAME,
     dag.init_ray(cfg)
     serve.start(http_options={"host": cfg.api.host, "port": cfg.api.port},
                 proxy_location="HeadOnly", logging_config=_quiet())
-    app = build_app({"config_json": cfg.model_dump_json(), "host": cfg.api.host})
-    serve.run(app, name=app_name, route_prefix="/", logging_config=_quiet())
+    # secrets reach the replicas as 0600 files in a private directory (this machine's local
+    # cluster), never as deployment arguments; a joined cluster's nodes use their own env/files
+    import tempfile
+
+    from affectstream.pipeline.config import without_secrets, write_secrets_dir
+
+    args: dict[str, Any] = {"config_json": without_secrets(cfg).model_dump_json(),
+                            "host": cfg.api.host}
+    sdir = None
+    if not os.environ.get("RAY_ADDRESS"):
+        sdir = tempfile.mkdtemp(prefix="affectstream-secrets-")
+        if write_secrets_dir(cfg, sdir):
+            args["secrets_dir"] = sdir
+    try:
+        serve.run(build_app(args), name=app_name, route_prefix="/", logging_config=_quiet())
+    except BaseException:
+        if sdir:
+            import shutil
+
+            shutil.rmtree(sdir, ignore_errors=True)
+        raise
     host = "127.0.0.1" if cfg.api.host in ("0.0.0.0", "::") else cfg.api.host
-    return Service(cfg, app_name, f"http://{host}:{cfg.api.port}")
+    return Service(cfg, app_name, f"http://{host}:{cfg.api.port}", sdir)
 
 
 def run_service(cfg: PipelineConfig, *, on_ready: Callable[[Service], None] | None = None

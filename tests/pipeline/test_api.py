@@ -266,8 +266,11 @@ def test_build_app_checks_args_and_bind(monkeypatch, redis_url):
         build_app({"host": "0.0.0.0", "redis_url": redis_url})
     with pytest.raises(ApiConfigError, match="unknown build_app args"):
         build_app({"redsi_url": redis_url})
+    with pytest.raises(ApiConfigError, match="secrets are not build_app args.*AFFECTSTREAM_API"):
+        build_app({"redis_url": redis_url, "host": "0.0.0.0", "auth_token": "t"})
+    monkeypatch.setenv("AFFECTSTREAM_API_TOKEN", "t")
     app = build_app({"config": "service", "redis_url": redis_url, "host": "0.0.0.0",
-                     "auth_token": "t", "num_replicas": 2})
+                     "num_replicas": 2})
     assert type(app).__name__ == "Application"
     with pytest.raises(ApiConfigError, match="either config or config_json"):
         build_app({"config": "service", "config_json": "{}"})
