@@ -148,7 +148,8 @@ def run(
     for r in reports:
         if r.error:
             failed += 1
-            console.print(f"[bold red]error:[/] {r.url}: {r.error}")
+            console.print(f"[bold red]error:[/] {r.url}: {r.error}", highlight=False,
+                          soft_wrap=True)
             continue
         fps = r.fps
         out.print(f"[bold]{r.session_id}[/]: {r.frames} frames analysed ({fps:.1f} frames/s), "
