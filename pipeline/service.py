@@ -714,6 +714,9 @@ class KafkaStream:
                        + self.totals["dead_lettered"], commits=c.stats.commits)
         if frames:
             out["frames_log"] = list(self.frame_log or ())
+        from affectstream.pipeline.redis_retry import STATE
+
+        out["redis"] = STATE.snapshot()  # {"waiting": True, "waiting_s": ...} during an outage
         return out
 
 
