@@ -57,6 +57,7 @@ class DecodeStats:
     skipped_by_rate: int = 0
     corrupt: int = 0
     reconnects: int = 0
+    packets: int = 0
 
 
 class PtsSampler:
@@ -129,6 +130,7 @@ class VideoSource:
         self.max_frames = max_frames
         self.stats = DecodeStats()
         self.total_frames: int | None = None
+        self.frames_exact = False
         self.last_decode_ms = 0.0  # decode + convert work behind the last emitted frame, ms
         self.fps: float | None = None
         if not self.live and not Path(self.url).is_file():
@@ -158,6 +160,7 @@ class VideoSource:
             raise SourceError(f"no video stream in {self.url}")
         vs = c.streams.video[0]
         vs.thread_type = "AUTO"
+        self.frames_exact = bool(vs.frames)  # from the container's index, not estimated
         if vs.frames:
             self.total_frames = int(vs.frames)
         elif vs.duration and vs.average_rate:
@@ -174,6 +177,18 @@ class VideoSource:
         if self.max_frames is not None:
             n = self.max_frames if n is None else min(n, self.max_frames)
         return None if self.live and self.max_frames is None else n
+
+    def _check_complete(self) -> None:
+        """At the end of a file: every packet its index lists was read (a decoder may still drop
+        a few frames, e.g. before an edit list's start, so frames are not compared).
+
+        Raises:
+            SourceError: fewer packets than the container lists (truncated or corrupt file);
+                the message says how many frames were read.
+        """
+        n, total = self.stats.decoded, self.total_frames
+        if self.frames_exact and total is not None and self.stats.packets < total:
+            raise SourceError(f"{self.url} is truncated or corrupt: {n} of {total} frames read")
 
     def _resize(self, img: np.ndarray) -> np.ndarray:
         h, w = img.shape[:2]
@@ -215,6 +230,7 @@ class VideoSource:
             try:
                 for packet in container.demux(vs):
                     t0 = time.perf_counter()
+                    self.stats.packets += packet.size > 0
                     try:
                         frames = packet.decode()
                     except av.error.InvalidDataError:
@@ -259,7 +275,10 @@ class VideoSource:
                 delay = min(delay * 2, self.backoff[1])
                 continue
             container.close()
-            if not self.live or tries >= self.reconnect_max_tries:
+            if not self.live:
+                self._check_complete()
+                return
+            if tries >= self.reconnect_max_tries:
                 return
             tries += 1
             self.stats.reconnects += 1

@@ -27,6 +27,7 @@ import json
 import math
 import secrets
 import time
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -43,6 +44,14 @@ from affectstream.pipeline.envelope import SESSION_ID_PATTERN
 from affectstream.pipeline.redis_store import Keys, TimelineStore, TrackSummary, connect
 
 API_VERSION = "1"
+
+MAX_MS = 2**63 - 1
+"""Largest epoch-ms (or ms span) a query accepts: Redis stream IDs are 64-bit."""
+
+MAX_TRACK = 2**63 - 1
+
+EXTRA_REQUESTS = 64
+"""Serve requests a ``QueryAPI`` replica takes beyond its SSE cap (queries, probes)."""
 
 
 class ApiConfigError(ValueError):
@@ -214,6 +223,23 @@ def _opt_int(v: str | None) -> int | None:
         return None
 
 
+def _header_ms(v: str | None) -> int | None:
+    """An epoch-ms header value (``Last-Event-ID``); None when absent or out of range."""
+    n = _opt_int(v)
+    return n if n is not None and 0 <= n <= MAX_MS else None
+
+
+def _once(fn: Any) -> Any:
+    """``fn`` made callable once (later calls do nothing)."""
+    done = [False]
+
+    def call() -> None:
+        if not done[0]:
+            done[0] = True
+            fn()
+    return call
+
+
 # --------------------------------------------------------------------------------------------
 # app
 
@@ -224,7 +250,8 @@ _NOT_FOUND = {404: {"model": ErrorOut, "description": "Unknown session."}}
 
 def create_app(redis_url: str | None = None, prefix: str = "affect",
                auth_token: str | None = None, *, host: str | None = None,
-               redis_password: str | None = None, client: redis.Redis | None = None) -> FastAPI:
+               redis_password: str | None = None, client: redis.Redis | None = None,
+               max_sse: int = 64) -> FastAPI:
     """Build the query API.
 
     Args:
@@ -234,6 +261,7 @@ def create_app(redis_url: str | None = None, prefix: str = "affect",
         host: the address the server will bind to; checked with :func:`check_bind`.
         redis_password: Redis password.
         client: an existing ``redis.Redis`` with ``decode_responses=True``.
+        max_sse: most live-tail (SSE) connections open at once; more are answered 503.
 
     Raises:
         ApiConfigError: non-loopback ``host`` without ``auth_token``, or no Redis given.
@@ -247,7 +275,8 @@ def create_app(redis_url: str | None = None, prefix: str = "affect",
     store = TimelineStore(client, prefix)
     keys = Keys(prefix)
     kwargs = client.connection_pool.connection_kwargs
-    state: dict[str, Any] = {}
+    state: dict[str, Any] = {"sse_open": 0}
+    pool_size = max_sse + EXTRA_REQUESTS
 
     def aredis() -> Any:
         # one asyncio client per event loop, without a socket timeout (XREAD BLOCK waits)
@@ -259,12 +288,12 @@ def create_app(redis_url: str | None = None, prefix: str = "affect",
             if redis_url:  # same URL (scheme, TLS, db) as the sync client
                 state["aredis"] = aioredis.Redis.from_url(
                     redis_url, password=redis_password, decode_responses=True,
-                    socket_timeout=None, max_connections=512)
+                    socket_timeout=None, max_connections=pool_size)
             else:
                 pool_kw = {k: v for k, v in kwargs.items()
                            if k in ("host", "port", "db", "username", "password", "path")}
                 state["aredis"] = aioredis.Redis(**pool_kw, decode_responses=True,
-                                                 socket_timeout=None, max_connections=512)
+                                                 socket_timeout=None, max_connections=pool_size)
         return state["aredis"]
 
     @asynccontextmanager
@@ -298,17 +327,19 @@ def create_app(redis_url: str | None = None, prefix: str = "affect",
         if not store.exists(sid):
             raise HTTPException(404, f"unknown session {sid!r} (never written, or expired)")
 
+    # probes are async and do no blocking work: they never queue behind the thread pool that
+    # sync endpoints share, nor behind live tails (capped at max_sse per replica)
     @app.get("/healthz", response_model=Health, tags=["ops"])
-    def healthz() -> Health:
+    async def healthz() -> Health:
         return Health(status="ok")
 
     @app.get("/readyz", response_model=Ready, tags=["ops"],
              responses={503: {"model": ErrorOut, "description": "Redis unreachable."}})
-    def readyz() -> Ready:
+    async def readyz() -> Ready:
         t = time.perf_counter()
         try:
-            client.ping()
-        except redis.RedisError as e:
+            await asyncio.wait_for(aredis().ping(), timeout=3.0)
+        except (redis.RedisError, OSError, TimeoutError) as e:
             raise HTTPException(503, f"redis unreachable: {type(e).__name__}: {e}") from None
         return Ready(status="ready", redis_ms=round((time.perf_counter() - t) * 1000, 3))
 
@@ -325,7 +356,7 @@ def create_app(redis_url: str | None = None, prefix: str = "affect",
                    responses={401: {"model": ErrorOut, "description": "Bad or missing token."}})
 
     @v1.get("/sessions", response_model=SessionList)
-    def list_sessions(offset: Annotated[int, Query(ge=0)] = 0,
+    def list_sessions(offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
                       limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> SessionList:
         """Sessions, most recently updated first."""
         total, rows = store.sessions_page(offset, limit)
@@ -358,12 +389,12 @@ def create_app(redis_url: str | None = None, prefix: str = "affect",
     @v1.get("/sessions/{sid}/timeline", response_model=Timeline, responses=_NOT_FOUND)
     def get_timeline(
             sid: SessionId,
-            track: Annotated[int | None, Query(ge=1, description="One track; all if absent.")]
+            track: Annotated[int | None, Query(ge=1, le=MAX_TRACK, description="One track; all if absent.")]
             = None,
-            from_ms: Annotated[int | None, Query(ge=0, description="Inclusive, epoch ms.")] = None,
-            to_ms: Annotated[int | None, Query(ge=0, description="Inclusive, epoch ms.")] = None,
+            from_ms: Annotated[int | None, Query(ge=0, le=MAX_MS, description="Inclusive, epoch ms.")] = None,
+            to_ms: Annotated[int | None, Query(ge=0, le=MAX_MS, description="Inclusive, epoch ms.")] = None,
             every_ms: Annotated[int | None, Query(
-                ge=1, description="Downsample: first point of each every_ms bucket per track.")]
+                ge=1, le=MAX_MS, description="Downsample: first point of each every_ms bucket per track.")]
             = None,
             limit: Annotated[int, Query(ge=1, le=100_000, description="Most points returned.")]
             = 10_000) -> Timeline:
@@ -391,9 +422,9 @@ def create_app(redis_url: str | None = None, prefix: str = "affect",
     @v1.get("/sessions/{sid}/summary", response_model=Summary, responses=_NOT_FOUND)
     def get_summary(
             sid: SessionId,
-            track: Annotated[int | None, Query(ge=1)] = None,
-            from_ms: Annotated[int | None, Query(ge=0, description="Inclusive, epoch ms.")] = None,
-            to_ms: Annotated[int | None, Query(ge=0, description="Inclusive, epoch ms.")] = None,
+            track: Annotated[int | None, Query(ge=1, le=MAX_TRACK)] = None,
+            from_ms: Annotated[int | None, Query(ge=0, le=MAX_MS, description="Inclusive, epoch ms.")] = None,
+            to_ms: Annotated[int | None, Query(ge=0, le=MAX_MS, description="Inclusive, epoch ms.")] = None,
     ) -> Summary:
         """Per track: share of points per dominant emotion, AU mean and peak, duration."""
         known(sid)
@@ -409,6 +440,8 @@ def create_app(redis_url: str | None = None, prefix: str = "affect",
 
     @v1.get("/sessions/{sid}/live", response_class=StreamingResponse, responses={
         **_NOT_FOUND,
+        503: {"model": ErrorOut, "description": "Too many live connections on this replica "
+              "(api.max_sse_connections); retry after the Retry-After seconds."},
         200: {"description": "text/event-stream. Events: `ready` (data: session_id, tracks), "
               "`point` (id: ts_ms, data: a Point), `end` (the session ended), `timeout` "
               "(max_duration_s reached); comment lines are heartbeats. Resume with `after_ms` "
@@ -416,20 +449,37 @@ def create_app(redis_url: str | None = None, prefix: str = "affect",
               "content": {"text/event-stream": {"schema": {"type": "string"}}}}})
     async def live(
             request: Request, sid: SessionId,
-            track: Annotated[int | None, Query(ge=1, description="One track; all if absent.")]
+            track: Annotated[int | None, Query(ge=1, le=MAX_TRACK, description="One track; all if absent.")]
             = None,
             after_ms: Annotated[int | None, Query(
-                ge=0, description="Also send stored points newer than this epoch ms.")] = None,
+                ge=0, le=MAX_MS, description="Also send stored points newer than this epoch ms.")] = None,
             block_ms: Annotated[int, Query(ge=10, le=30_000, description="XREAD BLOCK, ms.")]
             = 1000,
             heartbeat_s: Annotated[float, Query(gt=0, le=300)] = 15.0,
-            max_events: Annotated[int | None, Query(ge=1, description="Close after this many "
-                                                                 "points.")] = None,
+            max_events: Annotated[int | None, Query(ge=1, le=MAX_MS, description="Close after "
+                                                    "this many points.")] = None,
             max_duration_s: Annotated[float | None, Query(
-                gt=0, description="Close after this many seconds.")] = None,
+                gt=0, le=7 * 24 * 3600, description="Close after this many seconds.")] = None,
     ) -> StreamingResponse:
         """Server-sent events of new timeline points across the session's tracks (new tracks are
-        picked up as they appear), via ``XREAD BLOCK``."""
+        picked up as they appear), via ``XREAD BLOCK``. At most ``max_sse`` are open per
+        replica; more are answered 503."""
+        if state["sse_open"] >= max_sse:
+            raise HTTPException(503, f"too many live connections on this replica ({max_sse}, "
+                                "api.max_sse_connections); retry later",
+                                headers={"Retry-After": "5"})
+        state["sse_open"] += 1  # no await since the check: the slot is ours
+        release = _once(lambda: state.__setitem__("sse_open", state["sse_open"] - 1))
+        try:
+            return await _live(request, sid, track, after_ms, block_ms, heartbeat_s,
+                               max_events, max_duration_s, release)
+        except BaseException:
+            release()
+            raise
+
+    async def _live(request: Request, sid: str, track: int | None, after_ms: int | None,
+                    block_ms: int, heartbeat_s: float, max_events: int | None,
+                    max_duration_s: float | None, release: Any) -> StreamingResponse:
         r = aredis()
         p = r.pipeline(transaction=False)
         p.exists(keys.meta(sid))
@@ -437,7 +487,7 @@ def create_app(redis_url: str | None = None, prefix: str = "affect",
         if not any(await p.execute()):
             raise HTTPException(404, f"unknown session {sid!r} (never written, or expired)")
         if after_ms is None:
-            after_ms = _opt_int(request.headers.get("last-event-id"))
+            after_ms = _header_ms(request.headers.get("last-event-id"))
 
         async def track_ids() -> list[int]:
             if track is not None:
@@ -457,6 +507,13 @@ def create_app(redis_url: str | None = None, prefix: str = "affect",
             streams[k], tid_of[k] = await start_id(k), t
 
         async def events() -> AsyncIterator[str]:
+            try:
+                async for chunk in _events():
+                    yield chunk
+            finally:
+                release()
+
+        async def _events() -> AsyncIterator[str]:
             ready = {"session_id": sid, "tracks": sorted(tid_of.values())}
             yield f"retry: 2000\nevent: ready\ndata: {json.dumps(ready)}\n\n"
             sent = 0
@@ -500,7 +557,9 @@ def create_app(redis_url: str | None = None, prefix: str = "affect",
                         yield ": keep-alive\n\n"
                         last_out = time.monotonic()
 
-        return StreamingResponse(events(), media_type="text/event-stream",
+        gen = events()
+        weakref.finalize(gen, release)  # a stream never started still gives its slot back
+        return StreamingResponse(gen, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache",
                                           "X-Accel-Buffering": "no"})
 
@@ -514,6 +573,7 @@ def create_app(redis_url: str | None = None, prefix: str = "affect",
     app.add_exception_handler(redis.TimeoutError, _redis_down)
 
     app.state.store = store
+    app.state.sse_open = lambda: state["sse_open"]
     return app
 
 
@@ -525,30 +585,42 @@ try:  # Ray is a dependency, but keep create_app usable where it cannot be impor
 except ImportError:  # pragma: no cover
     serve = None  # type: ignore[assignment]
 
-_BUILD_ARGS = ("config", "config_json", "redis_url", "redis_password", "key_prefix",
-               "auth_token", "host", "bootstrap", "consumers", "ingest", "num_replicas",
-               "num_cpus")
+_BUILD_ARGS = ("config", "config_json", "redis_url", "key_prefix", "host", "bootstrap",
+               "consumers", "ingest", "num_replicas", "num_cpus", "secrets_dir")
+_SECRET_ARGS = {"auth_token": "AFFECTSTREAM_API_TOKEN", "redis_password":
+                "AFFECTSTREAM_REDIS_PASSWORD", "kafka_password": "AFFECTSTREAM_KAFKA_PASSWORD"}
 
 
 def _resolve(config: str | None, overrides: dict[str, Any]) -> Any:
     """The replica's :class:`~pipeline.config.PipelineConfig`: ``overrides["config_json"]`` (a
-    whole config resolved elsewhere, e.g. by ``affectstream serve``) or the YAML ``config`` with
-    the environment applied, then the explicit overrides."""
-    from affectstream.pipeline.config import PipelineConfig, _merge, load_config
+    whole config resolved elsewhere, e.g. by ``affectstream serve``, secrets removed) or the YAML
+    ``config`` with the environment applied, then the explicit overrides. Secrets come from this
+    process's environment and secret files (``overrides["secrets_dir"]``,
+    ``AFFECTSTREAM_SECRETS_DIR``; :func:`pipeline.config.apply_secrets`), never from arguments."""
+    from affectstream.pipeline.config import PipelineConfig, _merge, apply_secrets, load_config
 
+    secret_args = sorted(set(overrides) & set(_SECRET_ARGS))
+    if secret_args:
+        raise ApiConfigError(
+            f"secrets are not build_app args ({', '.join(secret_args)}): they would show in the "
+            "Serve config; set " + ", ".join(_SECRET_ARGS[a] for a in secret_args)
+            + " (or <VAR>_FILE, or a secrets_dir) where the replicas run")
     explicit = {
         "redis": {"url": overrides.get("redis_url"),
-                  "password": overrides.get("redis_password"),
                   "key_prefix": overrides.get("key_prefix")},
-        "api": {"host": overrides.get("host"), "auth_token": overrides.get("auth_token")},
+        "api": {"host": overrides.get("host")},
         "kafka": {"bootstrap": overrides.get("bootstrap"),
                   "consumers": overrides.get("consumers")}}
     if overrides.get("config_json"):
         if config:
             raise ApiConfigError("give build_app either config or config_json, not both")
         base = PipelineConfig.model_validate_json(overrides["config_json"]).model_dump()
+        base = apply_secrets(base, secrets_dir=overrides.get("secrets_dir"))
         clean = {s: {k: v for k, v in d.items() if v is not None} for s, d in explicit.items()}
         return PipelineConfig.model_validate(_merge(base, clean))
+    if overrides.get("secrets_dir"):
+        explicit = _merge(apply_secrets({}, secrets_dir=overrides["secrets_dir"]),
+                          explicit)
     return load_config(config, overrides=explicit)
 
 
@@ -566,11 +638,15 @@ if serve is not None:
 
         def __init__(self, config: str | None = None,
                      overrides: dict[str, Any] | None = None, **handles: Any) -> None:
+            from affectstream.pipeline.ray_net import serve_replica_on_loopback
+
+            serve_replica_on_loopback()
             self.handles = handles
             cfg = _resolve(config, overrides or {})
             self._app = create_app(cfg.redis.url or "redis://127.0.0.1:6379/0",
                                    cfg.redis.key_prefix, cfg.api.auth_token, host=cfg.api.host,
-                                   redis_password=cfg.redis.password)
+                                   redis_password=cfg.redis.password,
+                                   max_sse=cfg.api.max_sse_connections)
 
         def __serve_build_asgi_app__(self) -> FastAPI:
             return self._app
@@ -586,22 +662,25 @@ def build_app(args: dict[str, Any] | None = None) -> Any:
 
     Args:
         args: optional ``config`` (YAML path or preset for :func:`pipeline.config.load_config`)
-            or ``config_json`` (a complete config as JSON), ``redis_url``, ``redis_password``,
-            ``key_prefix``, ``auth_token``, ``host`` (the address the Serve HTTP proxy binds;
-            non-loopback needs a token), ``bootstrap`` (Kafka), ``consumers``, ``ingest``
-            (default true; false = the query API alone), ``num_replicas`` and ``num_cpus`` (of
-            ``QueryAPI``).
+            or ``config_json`` (a complete config as JSON, secrets removed), ``redis_url``,
+            ``key_prefix``, ``host`` (the address the Serve HTTP proxy binds; non-loopback needs
+            a token), ``bootstrap`` (Kafka), ``consumers``, ``ingest`` (default true; false = the
+            query API alone), ``num_replicas`` and ``num_cpus`` (of ``QueryAPI``),
+            ``secrets_dir`` (a directory of secret files on the replicas' machines). Secrets
+            (API token, Redis / Kafka passwords) are never args: every replica reads them from
+            its environment or secret files (:func:`pipeline.config.apply_secrets`).
 
     Returns:
         ``serve.Application``.
 
     Raises:
-        ApiConfigError: unknown args, or non-loopback host without a token.
+        ApiConfigError: unknown args, a secret given as an arg, or non-loopback host without a
+            token.
     """
     if serve is None:  # pragma: no cover
         raise ApiConfigError("ray[serve] is not installed")
     args = dict(args or {})
-    unknown = sorted(set(args) - set(_BUILD_ARGS))
+    unknown = sorted(set(args) - set(_BUILD_ARGS) - set(_SECRET_ARGS))
     if unknown:
         raise ApiConfigError(f"unknown build_app args {unknown}; known: {list(_BUILD_ARGS)}")
     config = args.pop("config", None)
@@ -610,7 +689,9 @@ def build_app(args: dict[str, Any] | None = None) -> Any:
         ingest = ingest.strip().lower() not in ("0", "false", "no", "off", "")
     cfg = _resolve(config, args)  # validates early, in the caller's environment
     check_bind(cfg.api.host, cfg.api.auth_token)
-    opts: dict[str, Any] = {}
+    # room for every live tail plus queries and probes: with Serve's default (5) a few open
+    # SSE streams would queue /healthz behind them
+    opts: dict[str, Any] = {"max_ongoing_requests": cfg.api.max_sse_connections + EXTRA_REQUESTS}
     if args.get("num_replicas") is not None:
         opts["num_replicas"] = args["num_replicas"]
     if args.get("num_cpus") is not None:

@@ -15,7 +15,9 @@ from rich.table import Table
 from affectstream.pipeline.cli_common import (FLAGS, configure, console, fail, one_line_error, out,
                                               print_json, quiet_ray, warn)
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+if not os.environ.get("RAY_ADDRESS"):  # a local Ray, loopback only (pipeline.dag.init_ray)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 # Ray's native crash handler would take SIGTERM away from our clean-shutdown handler (serve)
 os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
 
@@ -172,16 +174,37 @@ def run(
         progress.update(tasks[sid], advance=1, fps=rep.frames / dt,  # type: ignore[attr-defined]
                         faces=res["faces"])
 
+    waiting: set[str] = set()
+
+    def on_status(rep: object, st: dict) -> None:
+        sid = rep.session_id  # type: ignore[attr-defined]
+        if sid not in tasks:
+            return
+        if st["waiting"]:
+            if sid not in waiting:  # a line in logs too (the progress bar is tty-only)
+                console.print(f"{sid}: waiting for Redis (up to "
+                              f"{cfg.redis.outage_tolerance_s:.0f} s; analysed points are held): "
+                              f"{st['last_error']}", highlight=False)
+            waiting.add(sid)
+            progress.update(tasks[sid], description=(
+                f"{sid} [yellow]waiting for Redis {st['waiting_s']:.0f}/"
+                f"{cfg.redis.outage_tolerance_s:.0f} s[/]"))
+        elif sid in waiting:
+            waiting.discard(sid)
+            progress.update(tasks[sid], description=sid)
+            console.print(f"{sid}: Redis is back; buffered points written")
+
     try:
         reports = dag.run_streams(list(zip(sources, sess)), cfg, url, on_progress, on_start,
-                                  max_frames=max_frames)
+                                  max_frames=max_frames, on_status=on_status)
     finally:
         progress.stop()
         dag.shutdown()
     failed = sum(1 for r in reports if r.error)
     for r in reports:
         if r.error:
-            console.print(f"[bold red]error:[/] {r.url}: {r.error}", highlight=False)
+            console.print(f"[bold red]error:[/] {r.url}: {r.error}", highlight=False,
+                          soft_wrap=True)
     if as_json:
         print_json([run_result(r, url) for r in reports])
     for r in reports:

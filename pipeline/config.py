@@ -5,11 +5,17 @@ Defaults live here; YAML files in ``configs/`` only override. Unknown keys are e
 
 Environment overrides (endpoints and secrets only):
     AFFECTSTREAM_REDIS_URL        -> redis.url
-    AFFECTSTREAM_REDIS_PASSWORD   -> redis.password
+    AFFECTSTREAM_REDIS_PASSWORD   -> redis.password        (secret file: redis-password)
     AFFECTSTREAM_KAFKA_BOOTSTRAP  -> kafka.bootstrap
-    AFFECTSTREAM_KAFKA_USERNAME   -> kafka.sasl_username
-    AFFECTSTREAM_KAFKA_PASSWORD   -> kafka.sasl_password
-    AFFECTSTREAM_API_TOKEN        -> api.auth_token
+    AFFECTSTREAM_KAFKA_USERNAME   -> kafka.sasl_username   (secret file: kafka-username)
+    AFFECTSTREAM_KAFKA_PASSWORD   -> kafka.sasl_password   (secret file: kafka-password)
+    AFFECTSTREAM_API_TOKEN        -> api.auth_token        (secret file: api-token)
+
+Secrets (fields marked ``secret``) may also come from files: ``<VAR>_FILE`` names a file holding
+the value, or ``AFFECTSTREAM_SECRETS_DIR`` a directory with one file per secret (the names
+above; a Kubernetes Secret mounted as a volume has exactly this shape). Secrets never travel as
+Ray Serve deployment arguments: the service passes :func:`without_secrets` of its config and each
+replica resolves them from its own environment (:func:`apply_secrets`).
 """
 
 from __future__ import annotations
@@ -111,7 +117,8 @@ class RedisConfig(_Frozen):
     url: str | None = Field(
         None, description="redis://host:port/db; None = localhost:6379 if it answers, else an "
         "embedded private redis-server.")
-    password: str | None = Field(None, description="Password (prefer the env override).")
+    password: str | None = Field(None, description="Password (prefer the env override or a "
+                                 "secret file).", json_schema_extra={"secret": True})
     key_prefix: str = Field("affect", description="Key prefix (DESIGN §6).")
     maxlen: int | None = Field(
         None, ge=1, description="Approximate cap on entries per track stream (XADD MAXLEN ~).")
@@ -120,6 +127,10 @@ class RedisConfig(_Frozen):
     session_ttl_s: int | None = Field(
         7 * 24 * 3600, ge=1, description="TTL of a session's keys after it ends, seconds.")
     pipeline_size: int = Field(256, ge=1, description="Commands per Redis pipeline flush.")
+    outage_tolerance_s: float = Field(
+        300.0, ge=0, description="How long `run` and `serve` wait for an unreachable Redis "
+        "(backoff, 'waiting for Redis' shown; analysed points are held meanwhile) before they "
+        "fail, seconds (pipeline.redis_retry).")
 
 
 class KafkaConfig(_Frozen):
@@ -174,8 +185,8 @@ class KafkaConfig(_Frozen):
         None, description="File holding the HMAC-SHA256 key that signs session checkpoints "
         "(env AFFECTSTREAM_CHECKPOINT_KEY takes precedence). With a key, unsigned or "
         "wrongly signed checkpoints are ignored.")
-    sasl_username: str | None = None
-    sasl_password: str | None = None
+    sasl_username: str | None = Field(None, json_schema_extra={"secret": True})
+    sasl_password: str | None = Field(None, json_schema_extra={"secret": True})
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
         "PLAIN", description="SASL mechanism with sasl_username/sasl_password.")
     security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL"] = "PLAINTEXT"
@@ -183,7 +194,8 @@ class KafkaConfig(_Frozen):
     ssl_certfile: str | None = Field(None, description="Client certificate (PEM) for mTLS.")
     ssl_keyfile: str | None = Field(None, description="Client private key (PEM) for mTLS.")
     ssl_password: str | None = Field(
-        None, description="Password of ssl_keyfile (prefer env AFFECTSTREAM_KAFKA_SSL_PASSWORD).")
+        None, description="Password of ssl_keyfile (prefer env AFFECTSTREAM_KAFKA_SSL_PASSWORD).",
+        json_schema_extra={"secret": True})
     ssl_check_hostname: bool = Field(True, description="Verify the broker's host name.")
 
 
@@ -191,7 +203,11 @@ class ApiConfig(_Frozen):
     host: str = Field("127.0.0.1", description="Bind address of the HTTP API.")
     port: int = Field(8000, ge=1, le=65535)
     auth_token: str | None = Field(
-        None, description="Bearer token; required when bound to a non-loopback address.")
+        None, description="Bearer token; required when bound to a non-loopback address.",
+        json_schema_extra={"secret": True})
+    max_sse_connections: int = Field(
+        64, ge=1, le=10_000, description="Open live-tail (SSE) connections per API replica; "
+        "more are answered 503 so probes and queries always get through.")
 
 
 class PipelineConfig(_Frozen):
@@ -210,8 +226,12 @@ class PipelineConfig(_Frozen):
     ray_num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray; None = all.")
 
     def digest(self) -> str:
-        """Short sha256 of the canonical JSON of this config (stored in session meta)."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        """Short sha256 of the canonical JSON of this config without its secrets (stored in
+        session meta)."""
+        data = self.model_dump(mode="json")
+        for section, key in secret_fields():
+            data[section][key] = None
+        blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
@@ -275,8 +295,95 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     for var, (section, key) in _ENV.items():
         if env.get(var):
             data = _merge(data, {section: {key: env[var]}})
+    data = apply_secrets(data, env)
     if overrides:
         clean = {s: {k: v for k, v in d.items() if v is not None} if isinstance(d, dict) else d
                  for s, d in overrides.items() if d is not None}
         data = _merge(data, clean)
     return PipelineConfig.model_validate(data)
+
+
+# ---------------------------------------------------------------------------------- secrets
+
+SECRET_FILES = {
+    ("redis", "password"): ("AFFECTSTREAM_REDIS_PASSWORD", "redis-password"),
+    ("kafka", "sasl_username"): ("AFFECTSTREAM_KAFKA_USERNAME", "kafka-username"),
+    ("kafka", "sasl_password"): ("AFFECTSTREAM_KAFKA_PASSWORD", "kafka-password"),
+    ("kafka", "ssl_password"): ("AFFECTSTREAM_KAFKA_SSL_PASSWORD", "kafka-ssl-password"),
+    ("api", "auth_token"): ("AFFECTSTREAM_API_TOKEN", "api-token"),
+}
+"""Secret field -> (environment variable, file name in a secrets directory)."""
+
+SECRETS_DIR_ENV = "AFFECTSTREAM_SECRETS_DIR"
+
+
+def secret_fields() -> list[tuple[str, str]]:
+    """``(section, field)`` of every config field marked ``json_schema_extra={"secret": True}``."""
+    out = []
+    for name, f in PipelineConfig.model_fields.items():
+        sub = f.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            out += [(name, k) for k, g in sub.model_fields.items()
+                    if isinstance(g.json_schema_extra, dict) and g.json_schema_extra.get("secret")]
+    return out
+
+
+def _read_secret(path: Path) -> str | None:
+    try:
+        return path.read_text().rstrip("\r\n") or None
+    except FileNotFoundError:
+        return None
+
+
+def apply_secrets(data: dict[str, Any], env: Any = None,
+                  secrets_dir: str | Path | None = None) -> dict[str, Any]:
+    """Fill secret fields of a config mapping from this process's environment and files.
+
+    For each secret (:data:`SECRET_FILES`), the first of: the variable itself, the file named by
+    ``<VAR>_FILE``, the file ``<secrets_dir>/<name>`` (``secrets_dir`` or
+    ``$AFFECTSTREAM_SECRETS_DIR``). A secret found nowhere keeps the mapping's value.
+
+    Raises:
+        FileNotFoundError: ``<VAR>_FILE`` names a file that does not exist.
+    """
+    env = os.environ if env is None else env
+    dirs = [Path(d) for d in (secrets_dir, env.get(SECRETS_DIR_ENV)) if d]
+    out = dict(data)
+    for (section, key), (var, fname) in SECRET_FILES.items():
+        value = env.get(var) or None
+        if value is None and env.get(var + "_FILE"):
+            p = Path(env[var + "_FILE"])
+            if not p.is_file():
+                raise FileNotFoundError(f"{var}_FILE={p}: no such file")
+            value = _read_secret(p)
+        for d in dirs:
+            if value is None:
+                value = _read_secret(d / fname)
+        if value is not None:
+            out = _merge(out, {section: {key: value}})
+    return out
+
+
+def without_secrets(cfg: PipelineConfig) -> PipelineConfig:
+    """``cfg`` with every secret field set to None (safe to pass as deployment arguments)."""
+    data = cfg.model_dump()
+    for section, key in secret_fields():
+        data[section][key] = None
+    return PipelineConfig.model_validate(data)
+
+
+def write_secrets_dir(cfg: PipelineConfig, directory: str | Path) -> list[str]:
+    """Write ``cfg``'s secrets as files (mode 0600) in ``directory`` (mode 0700), named as in
+    :data:`SECRET_FILES`, for replicas on this machine to read; returns the names written."""
+    d = Path(directory)
+    d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(d, 0o700)
+    written = []
+    for (section, key), (_var, fname) in SECRET_FILES.items():
+        value = getattr(getattr(cfg, section), key)
+        if value:
+            fd = os.open(d / fname, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(value)
+            written.append(fname)
+    return written

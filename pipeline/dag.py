@@ -146,8 +146,8 @@ class SinkActor:
         self.session_id = session_id
         self.sink = RedisSink(connect(redis_url, cfg.redis.password), cfg.redis.key_prefix,
                               cfg.redis.maxlen, cfg.redis.retention_ms, cfg.redis.session_ttl_s)
-        self.sink.start_session(session_id, source, models=cfg.inference.fer_model + "," +
-                                cfg.inference.au_model, config_digest=cfg.digest())
+        self._redis("session start", self.sink.start_session, session_id, source,
+                    cfg.inference.fer_model + "," + cfg.inference.au_model, cfg.digest())
         s = cfg.smooth
         self.builder = TimelineBuilder(
             Smoother(s.emotion_half_life_ms, s.au_min_cutoff_hz, s.au_beta, s.au_d_cutoff_hz,
@@ -177,12 +177,12 @@ class SinkActor:
         async with self._cv:  # strict frame order for the stateful smoother and the stream IDs
             try:  # a frame lost upstream must not stall the stream forever
                 await asyncio.wait_for(self._cv.wait_for(lambda: self._next_seq >= ticket),
-                                       timeout=60)
+                                       timeout=60 + self.cfg.redis.outage_tolerance_s)
             except TimeoutError:
                 log.error("%s: frame ticket %d never arrived; skipping ahead", self.session_id,
                           self._next_seq)
-            try:
-                return self._write(tracked, res)
+            try:  # off the event loop: status() answers while a write waits for Redis
+                return await asyncio.to_thread(self._write, tracked, res)
             finally:
                 self._next_seq = ticket + 1
                 self._cv.notify_all()
@@ -210,19 +210,18 @@ class SinkActor:
                 "timings_ms": timings, "batch_faces": 0 if res is None else res.batch_faces}
 
     def _write_retry(self, points: list) -> Any:
-        import redis
+        return self._redis("timeline write", self.sink.write, points)
 
-        delay = 0.2
-        for attempt in range(8):
-            try:
-                return self.sink.write(points)
-            except (redis.ConnectionError, redis.TimeoutError) as e:
-                if attempt == 7:
-                    raise
-                log.warning("Redis write failed (%s); retrying in %.1fs", e, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        raise AssertionError("unreachable")
+    def _redis(self, what: str, fn: Callable, *args: Any) -> Any:
+        from affectstream.pipeline.redis_retry import call_redis
+
+        return call_redis(fn, *args, what=what, tolerance_s=self.cfg.redis.outage_tolerance_s)
+
+    def status(self) -> dict:
+        """This sink's Redis outage state (:meth:`pipeline.redis_retry.OutageState.snapshot`)."""
+        from affectstream.pipeline.redis_retry import STATE
+
+        return STATE.snapshot()
 
     async def ready(self) -> bool:
         """Connect to the Serve deployment and make one empty call (routing warm-up, ~2 s)."""
@@ -237,7 +236,7 @@ class SinkActor:
         return True
 
     def finish(self, status: str = "ended") -> dict:
-        self.sink.end_session(self.session_id, status)
+        self._redis("session end", self.sink.end_session, self.session_id, status)
         return {"tracks": sorted(self.tracks)}
 
 
@@ -274,16 +273,38 @@ class StreamReport:
 
 
 def init_ray(cfg: PipelineConfig) -> None:
-    """Start (or join, when ``RAY_ADDRESS`` is set) Ray quietly, auth off, no dashboard."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    """Start a local Ray bound to loopback, or join the cluster of ``RAY_ADDRESS``.
+
+    Local cluster (no ``RAY_ADDRESS``): every Ray process (GCS, raylet, object manager, workers,
+    dashboard agent, runtime-env agent, metrics export) listens on 127.0.0.1 only, and no
+    dashboard runs. That is Ray's own single-machine mode (``node_ip_address=127.0.0.1`` with
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, which turns Ray's 127.0.0.1 -> "reachable IP"
+    rewrite off). Token auth is off only there (nothing beyond this machine can connect), unless
+    ``RAY_AUTH_MODE`` is set explicitly.
+
+    Joining a cluster (``RAY_ADDRESS`` set, e.g. ``ray://head:10001`` or ``auto``): token auth
+    is on (``RAY_AUTH_MODE=token`` unless set; the token comes from ``RAY_AUTH_TOKEN``,
+    ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``, as for any Ray client).
+
+    Raises:
+        pipeline.ray_net.RayAuthError: ``RAY_ADDRESS`` names a non-loopback cluster and ``RAY_AUTH_MODE=disabled``.
+    """
     for name in ("ray", "ray.serve"):
         logging.getLogger(name).setLevel(logging.WARNING)
     if ray.is_initialized():
         return
     kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
                           "logging_level": logging.WARNING, "configure_logging": True}
-    if not os.environ.get("RAY_ADDRESS"):
+    address = os.environ.get("RAY_ADDRESS", "").strip()
+    from affectstream.pipeline.ray_net import check_cluster_auth, loopback_only_ray
+
+    if address:
+        check_cluster_auth(address, os.environ)
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    else:
+        loopback_only_ray()
         kw["num_cpus"] = cfg.ray_num_cpus or os.cpu_count()
+        kw["_node_ip_address"] = "127.0.0.1"
     ray.init(**kw)
 
 
@@ -307,7 +328,9 @@ def start_inference(cfg: PipelineConfig) -> Any:
 def run_streams(sources: list[tuple[str, str]], cfg: PipelineConfig, redis_url: str,
                 on_progress: Callable[[StreamReport, dict], None] | None = None,
                 on_start: Callable[[list[StreamReport]], None] | None = None,
-                max_frames: int | None = None) -> list[StreamReport]:
+                max_frames: int | None = None,
+                on_status: Callable[[StreamReport, dict], None] | None = None
+                ) -> list[StreamReport]:
     """Analyse several sources at once, sharing one inference deployment.
 
     Args:
@@ -317,6 +340,9 @@ def run_streams(sources: list[tuple[str, str]], cfg: PipelineConfig, redis_url: 
         on_progress: called after each frame with (report, frame result).
         on_start: called once every stream opened (or failed to), with the reports.
         max_frames: stop each stream after this many frames (benchmarks, smoke runs).
+        on_status: called with (report, sink Redis state) while a stream's results stall, every
+            ~2 s: ``{"waiting": bool, "waiting_s", "attempts", "last_error"}``
+            (:mod:`pipeline.redis_retry`); lets the caller show "waiting for Redis".
 
     Returns:
         One :class:`StreamReport` per source, in input order; a stream that failed has ``error``.
@@ -354,6 +380,7 @@ def run_streams(sources: list[tuple[str, str]], cfg: PipelineConfig, redis_url: 
     if on_start:
         on_start(reports)
     ref_owner: dict[Any, dict] = {}
+    next_status = time.monotonic() + 2.0
     while any(not s["eos"] or s["inflight"] for s in streams):
         for s in streams:
             while (not s["eos"] and len(s["inflight"]) < cfg.max_in_flight
@@ -369,6 +396,9 @@ def run_streams(sources: list[tuple[str, str]], cfg: PipelineConfig, redis_url: 
         if not pending:
             break
         ready, _ = ray.wait(pending, num_returns=1, timeout=1.0)
+        if on_status is not None and time.monotonic() >= next_status:
+            next_status = time.monotonic() + 2.0
+            _report_status(streams, on_status)
         for ref in ready:
             s = ref_owner.pop(ref)
             s["inflight"].remove(ref)
@@ -408,6 +438,17 @@ def run_streams(sources: list[tuple[str, str]], cfg: PipelineConfig, redis_url: 
         for a in ("src", "ft", "sink"):
             ray.kill(s[a])
     return reports
+
+
+def _report_status(streams: list[dict], on_status: Callable[[StreamReport, dict], None]) -> None:
+    """Ask each live stream's sink for its Redis state (answers while a write waits)."""
+    live = [s for s in streams if not s["eos"] or s["inflight"]]
+    refs = [s["sink"].status.remote() for s in live]
+    for s, ref in zip(live, refs):
+        try:
+            on_status(s["rep"], ray.get(ref, timeout=5))
+        except ray.exceptions.RayError:
+            pass
 
 
 def _short_error(e: BaseException) -> str:

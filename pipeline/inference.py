@@ -35,6 +35,10 @@ class Inference:
                  batch_wait_timeout_s: float = 0.005) -> None:
         import torch
 
+        from affectstream.pipeline.ray_net import serve_replica_on_loopback
+
+        serve_replica_on_loopback()
+
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.analyzer = FaceAnalyzer(fer_model, saliency, au_model, device, half)

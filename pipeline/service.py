@@ -144,16 +144,6 @@ def point_json(p: Any) -> dict[str, Any]:
 
 _NO_IMAGE = np.zeros((0, 0, 3), np.uint8)
 
-_OUTAGE_REPLIES = ("LOADING", "BUSY", "MASTERDOWN", "READONLY", "CLUSTERDOWN", "TRYAGAIN", "OOM",
-                   "NOREPLICAS")
-
-
-def _outage(e: BaseException) -> bool:
-    """A Redis error reply that means "not now" (a failover, loading, out of memory): waited
-    out like a lost connection. Any other reply refuses the request itself."""
-    return str(e).split(" ", 1)[0].upper() in _OUTAGE_REPLIES
-
-
 class _Attempts:
     """:class:`pipeline.poison.DeliveryAttempts` of a consumer with Redis outages waited out
     (what :class:`pipeline.kafka_io.FrameConsumer` and the session pipelines call)."""
@@ -201,8 +191,9 @@ class KafkaStream:
             or 1).
         consumer_kw: extra ``KafkaConsumer`` settings.
 
-    Redis or inference unreachable are retried with backoff (the session waits, nothing is
-    skipped); a broker that does not answer at start is retried until ``stop``.
+    Redis unreachable is waited for with backoff up to ``redis.outage_tolerance_s`` (the session
+    waits, nothing is skipped; :mod:`pipeline.redis_retry`), inference unreachable is retried
+    with backoff; a broker that does not answer at start is retried until ``stop``.
     """
 
     def __init__(self, cfg: PipelineConfig, redis_url: str, infer: Infer, *,
@@ -264,22 +255,14 @@ class KafkaStream:
         return await asyncio.get_running_loop().run_in_executor(self._pools[pool], fn, *args)
 
     def _retry(self, what: str, fn: Callable, *args: Any) -> Any:
-        """Call ``fn`` until it succeeds (Redis down for a while: retried, nothing skipped)."""
-        import redis
+        """Call ``fn`` under the shared Redis outage policy (:mod:`pipeline.redis_retry`):
+        waits up to ``redis.outage_tolerance_s``, then raises ``RedisOutage`` (the session
+        fails, the consumer loop ends and Serve restarts the replica from the last commit)."""
+        from affectstream.pipeline.redis_retry import call_redis
 
-        delay = 0.2
-        while True:
-            try:
-                return fn(*args)
-            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as e:
-                if isinstance(e, redis.ResponseError) and not _outage(e):
-                    raise
-                if self._abort:
-                    raise
-                log.warning("%s: %s failed (%s); retrying in %.1f s", self.instance, what, e,
-                            delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        return call_redis(fn, *args, what=f"{self.instance}: {what}",
+                          tolerance_s=self.cfg.redis.outage_tolerance_s,
+                          abort=lambda: self._abort)
 
     # -- lifecycle --
     async def run(self, stop: asyncio.Event) -> None:
@@ -833,6 +816,9 @@ class KafkaStream:
                        + self.totals["dead_lettered"], commits=c.stats.commits)
         if frames:
             out["frames_log"] = list(self.frame_log or ())
+        from affectstream.pipeline.redis_retry import STATE
+
+        out["redis"] = STATE.snapshot()  # {"waiting": True, "waiting_s": ...} during an outage
         return out
 
 
@@ -864,7 +850,9 @@ if serve is not None:
             import ray
 
             from affectstream.pipeline.api import _resolve
+            from affectstream.pipeline.ray_net import serve_replica_on_loopback
 
+            serve_replica_on_loopback()
             cfg = _resolve(config, overrides or {})
             try:
                 from ray.serve._private.constants import SERVE_NAMESPACE
@@ -941,6 +929,7 @@ class Service:
     cfg: PipelineConfig
     app_name: str
     url: str
+    secrets_dir: str | None = None
 
     def ingest_handle(self) -> Any:
         return serve.get_deployment_handle("KafkaIngest", app_name=self.app_name)
@@ -964,7 +953,13 @@ class Service:
 
     def stop(self) -> None:
         """Delete the application: consumers drain, checkpoint, commit and leave the group."""
-        serve.delete(self.app_name)
+        try:
+            serve.delete(self.app_name)
+        finally:
+            if self.secrets_dir:
+                import shutil
+
+                shutil.rmtree(self.secrets_dir, ignore_errors=True)
 
 
 def _quiet() -> dict[str, Any]:
@@ -1000,10 +995,29 @@ def start_service(cfg: PipelineConfig, *, app_name: str = APP_NAME,
     dag.init_ray(cfg)
     serve.start(http_options={"host": cfg.api.host, "port": cfg.api.port},
                 proxy_location="HeadOnly", logging_config=_quiet())
-    app = build_app({"config_json": cfg.model_dump_json(), "host": cfg.api.host})
-    serve.run(app, name=app_name, route_prefix="/", logging_config=_quiet())
+    # secrets reach the replicas as 0600 files in a private directory (this machine's local
+    # cluster), never as deployment arguments; a joined cluster's nodes use their own env/files
+    import tempfile
+
+    from affectstream.pipeline.config import without_secrets, write_secrets_dir
+
+    args: dict[str, Any] = {"config_json": without_secrets(cfg).model_dump_json(),
+                            "host": cfg.api.host}
+    sdir = None
+    if not os.environ.get("RAY_ADDRESS"):
+        sdir = tempfile.mkdtemp(prefix="affectstream-secrets-")
+        if write_secrets_dir(cfg, sdir):
+            args["secrets_dir"] = sdir
+    try:
+        serve.run(build_app(args), name=app_name, route_prefix="/", logging_config=_quiet())
+    except BaseException:
+        if sdir:
+            import shutil
+
+            shutil.rmtree(sdir, ignore_errors=True)
+        raise
     host = "127.0.0.1" if cfg.api.host in ("0.0.0.0", "::") else cfg.api.host
-    return Service(cfg, app_name, f"http://{host}:{cfg.api.port}")
+    return Service(cfg, app_name, f"http://{host}:{cfg.api.port}", sdir)
 
 
 def run_service(cfg: PipelineConfig, *, on_ready: Callable[[Service], None] | None = None

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+# every Ray a test starts is local and loopback-only (pipeline.dag.init_ray): no auth needed
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 
 def free_port() -> int:

@@ -333,9 +333,11 @@ def test_pods_meet_restricted_pod_security(render, overlay: str) -> None:
 def test_credentials_come_from_the_secret(render, overlay: str) -> None:
     docs = render(overlay)
     secrets = {d["metadata"]["name"] for d in by_kind(docs, "Secret")}
+    # Ray's ports are on the pod network: token auth on (KubeRay provisions the token)
+    assert rayservice(docs)["spec"]["rayClusterConfig"]["authOptions"]["mode"] == "token"
     for name, g in groups(rayservice(docs)):
         env = {e["name"]: e for e in ray_container(g)["env"]}
-        assert env["RAY_AUTH_MODE"]["value"] == "disabled"
+        assert "RAY_AUTH_MODE" not in env, "KubeRay sets it from authOptions"
         for var in ("AFFECTSTREAM_API_TOKEN", "AFFECTSTREAM_REDIS_PASSWORD",
                     "AFFECTSTREAM_KAFKA_USERNAME", "AFFECTSTREAM_KAFKA_PASSWORD"):
             ref = env[var]["valueFrom"]["secretKeyRef"]

@@ -63,3 +63,22 @@ def test_unreachable_rtsp_fails_fast():
     src = VideoSource("rtsp://127.0.0.1:9/none", "s", open_timeout_s=2)
     with pytest.raises(SourceError):
         list(src)
+
+
+@pytest.mark.parametrize("fraction, frames_read", [(0.3, 137), (0.05, 17)])
+def test_truncated_file_fails_after_its_frames_saying_how_many(media, tmp_path, fraction,
+                                                               frames_read):
+    data = media("WolfgangLanger_Pexels.mp4").read_bytes()  # 472 frames, index at the front
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[:int(len(data) * fraction)])
+    src = VideoSource(str(cut), "s")
+    got = []
+    with pytest.raises(SourceError, match=f"truncated or corrupt: {frames_read} of 472 frames read"):
+        for f in src:
+            got.append(f.seq)
+    assert got == list(range(frames_read))
+
+
+def test_complete_file_whose_decoder_drops_frames_is_not_truncated(media):
+    src = VideoSource(str(media("no_face.mp4")), "s")  # 98 packets, 95 frames out (edit list)
+    assert len(list(src)) == 95 and src.total_frames == 98

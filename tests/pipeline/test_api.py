@@ -266,8 +266,11 @@ def test_build_app_checks_args_and_bind(monkeypatch, redis_url):
         build_app({"host": "0.0.0.0", "redis_url": redis_url})
     with pytest.raises(ApiConfigError, match="unknown build_app args"):
         build_app({"redsi_url": redis_url})
+    with pytest.raises(ApiConfigError, match="secrets are not build_app args.*AFFECTSTREAM_API"):
+        build_app({"redis_url": redis_url, "host": "0.0.0.0", "auth_token": "t"})
+    monkeypatch.setenv("AFFECTSTREAM_API_TOKEN", "t")
     app = build_app({"config": "service", "redis_url": redis_url, "host": "0.0.0.0",
-                     "auth_token": "t", "num_replicas": 2})
+                     "num_replicas": 2})
     assert type(app).__name__ == "Application"
     with pytest.raises(ApiConfigError, match="either config or config_json"):
         build_app({"config": "service", "config_json": "{}"})
@@ -318,7 +321,8 @@ def test_serve_ingress_answers_over_http(redis_url, data):
     os.environ["RAY_AUTH_MODE"] = "disabled"
     port = free_port()
     tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    ray.init(num_cpus=1, include_dashboard=False, _temp_dir=tmp, log_to_driver=False)
+    ray.init(num_cpus=1, include_dashboard=False, _temp_dir=tmp, log_to_driver=False,
+             _node_ip_address="127.0.0.1")
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app({"redis_url": redis_url, "ingest": False}), name="query",
@@ -342,3 +346,54 @@ def test_serve_ingress_answers_over_http(redis_url, data):
         serve.shutdown()
         ray.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+BAD_QUERIES = [
+    ("/v1/sessions/s1/timeline", {"from_ms": 10**23}),
+    ("/v1/sessions/s1/timeline", {"to_ms": 10**23}),
+    ("/v1/sessions/s1/timeline", {"from_ms": 2**64}),
+    ("/v1/sessions/s1/timeline", {"from_ms": -1}),
+    ("/v1/sessions/s1/timeline", {"every_ms": -5}),
+    ("/v1/sessions/s1/timeline", {"every_ms": 0}),
+    ("/v1/sessions/s1/timeline", {"every_ms": 10**30}),
+    ("/v1/sessions/s1/timeline", {"track": 10**20}),
+    ("/v1/sessions/s1/timeline", {"track": -1}),
+    ("/v1/sessions/s1/timeline", {"limit": 10**9}),
+    ("/v1/sessions/s1/timeline", {"from_ms": "abc"}),
+    ("/v1/sessions/s1/timeline", {"from_ms": "1e5"}),
+    ("/v1/sessions/s1/timeline", {"from_ms": 20, "to_ms": 10}),
+    ("/v1/sessions/s1/summary", {"from_ms": 10**23}),
+    ("/v1/sessions/s1/summary", {"track": 10**20}),
+    ("/v1/sessions", {"offset": 10**20}),
+    ("/v1/sessions", {"limit": -3}),
+    ("/v1/sessions/s1/live", {"after_ms": 10**23}),
+    ("/v1/sessions/s1/live", {"block_ms": -1}),
+    ("/v1/sessions/s1/live", {"max_duration_s": 1e300}),
+    ("/v1/sessions/s1/live", {"max_events": 0}),
+]
+
+
+@pytest.mark.parametrize("path, params", BAD_QUERIES)
+def test_bad_query_values_answer_4xx(client, path, params):
+    r = client.get(path, params=params)
+    assert 400 <= r.status_code < 500, (r.status_code, r.text)
+
+
+def test_bad_last_event_id_is_ignored_not_500(redis_url, data):
+    with TestClient(create_app(redis_url)) as c:
+        for bad in ("-5", str(10**23), "x"):
+            r = c.get("/v1/sessions/s2/live", params={"block_ms": 10, "max_duration_s": 2},
+                      headers={"Last-Event-ID": bad})
+            assert r.status_code == 200 and "event: end" in r.text
+
+
+def test_live_tails_beyond_the_cap_get_503_and_slots_come_back(redis_url, data):
+    app = create_app(redis_url, max_sse=1)
+    with TestClient(app) as c:
+        # s2 has ended: its tail answers ready + end and closes, giving the slot back each time
+        for _ in range(3):
+            r = c.get("/v1/sessions/s2/live", params={"block_ms": 10})
+            assert r.status_code == 200 and "event: end" in r.text
+        assert app.state.sse_open() == 0
+        assert c.get("/v1/sessions/zz/live").status_code == 404  # a failed open frees it too
+        assert app.state.sse_open() == 0
