@@ -196,7 +196,7 @@ class KafkaSession:
                 item = await self.inbox.get()
             if item is None:
                 break
-            f, polled = item
+            (f, polled), item = item, None  # only ``f`` refers to the image from here on
             msg = Msg(f.tp, f.topic, f.partition, f.offset, f.envelope, f.image.nbytes, polled)
             if self.broken is not None or f.offset <= self.skip_upto:
                 self._release(msg.nbytes)
