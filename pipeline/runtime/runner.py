@@ -45,6 +45,7 @@ from affectstream.operators.facetrack import FaceTrackStage, TrackedFrame
 from affectstream.operators.records import Frame, TimelinePoint
 from affectstream.operators.timeline import TimelineBuilder
 from affectstream.pipeline.runtime.batch import InferRequest, InferResult
+from affectstream.pipeline.runtime.saliency_rate import SaliencyRate
 
 log = logging.getLogger(__name__)
 
@@ -182,9 +183,7 @@ class SessionRunner:
         self._on_result = on_result
         self._on_tracked = on_tracked
         self._snapshot = snapshot_stage
-        self._sal_interval = saliency_interval_ms
-        self._sal_asked: dict[int, int] = {}        # track -> pts_ms of the last map requested
-        self._sal_last: dict[int, np.ndarray] = {}  # track -> last map received (6,)
+        self._saliency = SaliencyRate(saliency_interval_ms)
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue(maxsize=window)
         self._writer: asyncio.Task | None = None
         self.tracks: set[int] = set()
@@ -225,7 +224,7 @@ class SessionRunner:
             tracked = _failed(*head, meta)
         fut = None
         if len(tracked.faces):
-            req = InferRequest(tracked.crops, tracked.points01, self._saliency_mask(tracked))
+            req = InferRequest(tracked.crops, tracked.points01, self._saliency.mask(tracked))
             fut = asyncio.ensure_future(self._infer_once(req))
         await self._put(_Pending(tracked, tag, fut, state, err))
 
@@ -301,36 +300,6 @@ class SessionRunner:
         # a private copy: the live state goes on changing with the next frames
         return tracked, (copy.deepcopy(self.stage.snapshot()) if self._snapshot else None)
 
-    def _saliency_mask(self, t: TrackedFrame) -> np.ndarray | None:
-        """Faces due for a fresh saliency map (the track's first frame, then every interval)."""
-        for tid in t.ended_tracks:
-            self._sal_asked.pop(tid, None)
-        if self._sal_interval <= 0:
-            return None
-        mask = np.zeros(len(t.faces), bool)
-        for i, tid in enumerate(t.faces.track_id.tolist()):
-            last = self._sal_asked.get(tid)
-            if last is None or t.pts_ms - last >= self._sal_interval:
-                mask[i] = True
-                self._sal_asked[tid] = t.pts_ms
-        return mask
-
-    def _held_saliency(self, t: TrackedFrame, sal: np.ndarray | None) -> np.ndarray | None:
-        """Rows not computed this frame (NaN) take the track's last map."""
-        for tid in t.ended_tracks:
-            self._sal_last.pop(tid, None)
-        if sal is None:
-            return None
-        sal = sal.copy()
-        for i, tid in enumerate(t.faces.track_id.tolist()):
-            if np.isnan(sal[i]).any():
-                last = self._sal_last.get(tid)
-                if last is not None:
-                    sal[i] = last
-            else:
-                self._sal_last[tid] = sal[i]
-        return None if np.isnan(sal).any() else sal
-
     async def _infer_once(self, req: InferRequest) -> InferResult | BaseException:
         try:
             if self._infer_retry is not None:
@@ -373,7 +342,7 @@ class SessionRunner:
                 if res is not None:
                     out.timings_ms.update(res.timings_ms)
                     out.batch_faces, out.first_in_batch = res.batch_faces, res.first_in_batch
-                    probs, sal, au = res.probs, self._held_saliency(t, res.saliency), res.au
+                    probs, sal, au = res.probs, self._saliency.fill(t, res.saliency), res.au
                 else:
                     probs = np.zeros((0, len(self.builder.labels)), np.float32)
                     sal = au = None
