@@ -10,12 +10,18 @@ this is the one place that owns the per-session logic:
   at once;
 - **backpressure**: at most ``window`` frames are between :meth:`SessionRunner.submit` and the
   sink; ``submit`` waits when the window is full, so a slow stage slows the source;
-- **errors**: a frame whose tracking, inference or timeline step fails is counted and yields no
-  points; the session goes on (the same frame fails the same way on a replay);
+- **errors**: a frame whose tracking, inference, timeline or sink step fails is counted, yields
+  no points and says why in its result (``error``, ``error_kind``); the session goes on (the same
+  frame fails the same way on a replay). :class:`SinkOutage` from a retry policy is no frame's
+  fault: it ends the session and no frame is blamed;
 - **retries**: inference and sink calls go through the injected policies (one outage policy for
   every placement);
 - **checkpoints**: with ``snapshot_stage=True`` each result carries the face-track state right
-  after its frame, so a caller can store a checkpoint that covers exactly the written frames.
+  after its frame, so a caller can store a checkpoint that covers exactly the written frames;
+  ``on_result`` may be a coroutine function, awaited before the next frame is written, so such a
+  checkpoint (and the timeline builder's state it includes) is taken in frame order;
+- **memory**: the runner drops its reference to a frame's image right after tracking and tells
+  the caller (``on_tracked``), so a source can account decoded bytes until then only.
 
 Blocking steps (face tracking, timeline + sink) run on executors given by the placement, so one
 consumer can share one face-tracking thread between its sessions.
@@ -25,7 +31,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import copy
 import dataclasses
+import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -37,6 +45,7 @@ from affectstream.operators.facetrack import FaceTrackStage, TrackedFrame
 from affectstream.operators.records import Frame, TimelinePoint
 from affectstream.operators.timeline import TimelineBuilder
 from affectstream.pipeline.runtime.batch import InferRequest, InferResult
+from affectstream.pipeline.runtime.saliency_rate import SaliencyRate
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +70,16 @@ class Sink(Protocol):
 
 
 class SinkOutage(RuntimeError):
-    """The sink stayed unreachable beyond the outage tolerance: the session cannot go on.
+    """The sink stayed unreachable beyond the outage tolerance, or the placement is shutting
+    down in the middle of a retry: the session cannot go on, and no frame is to blame.
 
-    Retry policies raise it when they give up; any other error of one write is that frame's
-    error (counted, reported, the session goes on).
+    Retry policies (sink or inference) raise it when they give up on an outage; any other error
+    of one call is that frame's error (counted, reported, the session goes on).
     """
+
+
+ERROR_KINDS = ("track_error", "inference_error", "timeline_error", "store_error")
+"""Values of :attr:`FrameResult.error_kind`: the step that failed."""
 
 
 def call_once(fn: Callable[[], Any]) -> Any:
@@ -91,7 +105,9 @@ class FrameResult:
             ``first_in_batch`` is True for one frame of each forward.
         latency_ms: from the frame's ``t_wall`` (decode or poll time) to the sink's ack.
         error: why the frame yielded no points (``None`` when it was analysed).
-        stage_state: face-track snapshot right after this frame (``snapshot_stage=True`` only).
+        error_kind: the step that failed, one of :data:`ERROR_KINDS` (``None`` when analysed).
+        stage_state: face-track snapshot right after this frame, a private copy
+            (``snapshot_stage=True`` only; None when tracking raised).
     """
 
     seq: int
@@ -107,6 +123,7 @@ class FrameResult:
     first_in_batch: bool = False
     latency_ms: float = 0.0
     error: str | None = None
+    error_kind: str | None = None
     stage_state: dict | None = None
 
 
@@ -116,6 +133,7 @@ class _Pending:
     tag: Any
     infer: asyncio.Future | None
     stage_state: dict | None
+    track_error: str | None = None  # tracking raised (the stage's own errors are in ``tracked``)
 
 
 class SessionRunner:
@@ -134,7 +152,10 @@ class SessionRunner:
         infer_retry: async policy wrapping one inference call; default: one attempt.
         sink_retry: policy wrapping one blocking sink call (``fn() -> result``); default: one
             attempt. Pass the shared outage policy so Redis down waits instead of failing.
-        on_result: called on the event loop with each :class:`FrameResult`, in frame order.
+        on_result: called on the event loop with each :class:`FrameResult`, in frame order; when
+            it returns an awaitable, the next frame is written only after it completes.
+        on_tracked: called on the event loop with a frame's ``tag`` once its tracking step is
+            over (whatever the outcome); the runner holds no reference to its image any more.
         snapshot_stage: attach the face-track state after each frame (checkpoints).
         saliency_interval_ms: media time between two saliency maps of one track; frames in
             between carry the track's last map. 0 = a map on every frame.
@@ -146,7 +167,8 @@ class SessionRunner:
                  sink_pool: concurrent.futures.Executor | None = None,
                  infer_retry: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]] | None = None,
                  sink_retry: Callable[[Callable[[], Any]], Any] = call_once,
-                 on_result: Callable[[FrameResult], None] | None = None,
+                 on_result: Callable[[FrameResult], Awaitable[None] | None] | None = None,
+                 on_tracked: Callable[[Any], None] | None = None,
                  snapshot_stage: bool = False, saliency_interval_ms: int = 0) -> None:
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
@@ -161,10 +183,9 @@ class SessionRunner:
         self._infer_retry = infer_retry
         self._sink_retry = sink_retry
         self._on_result = on_result
+        self._on_tracked = on_tracked
         self._snapshot = snapshot_stage
-        self._sal_interval = saliency_interval_ms
-        self._sal_asked: dict[int, int] = {}        # track -> pts_ms of the last map requested
-        self._sal_last: dict[int, np.ndarray] = {}  # track -> last map received (6,)
+        self._saliency = SaliencyRate(saliency_interval_ms)
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue(maxsize=window)
         self._writer: asyncio.Task | None = None
         self.tracks: set[int] = set()
@@ -182,29 +203,91 @@ class SessionRunner:
 
         Waits while ``window`` frames are in flight. ``meta``: ``{"t_wall": epoch s,
         "decode_ms": ms}`` from the source; ``tag`` comes back in the frame's result.
+
+        Raises:
+            SinkOutage (or the error that stopped the writer): the session cannot go on.
         """
         if self._writer is None:
             raise RuntimeError("SessionRunner.open() must be awaited before submit()")
         if self._writer.done():  # the writer died: surface its error instead of queueing
             self._writer.result()
-        tracked, state = await self._in(self._track_pool, self._track, frame, meta or {})
+        meta = meta or {}
+        head = (frame.session_id, frame.seq, frame.ts_ms, frame.pts_ms)
+        try:
+            tracked, state = await self._in(self._track_pool, self._track, frame, meta)
+            err = None
+        except Exception as e:  # noqa: BLE001  (reported on the frame, the session goes on)
+            log.warning("%s: face-tracking frame %d raised: %s", self.session_id, frame.seq, e)
+            tracked, state, err = None, None, f"{type(e).__name__}: {e}"
+        del frame  # the image is not needed any more: let it go before waiting for the window
+        if self._on_tracked is not None:
+            self._on_tracked(tag)
+        if tracked is None:
+            tracked = _failed(*head, meta)
         fut = None
         if len(tracked.faces):
-            req = InferRequest(tracked.crops, tracked.points01, self._saliency_mask(tracked))
+            req = InferRequest(tracked.crops, tracked.points01, self._saliency.mask(tracked))
             fut = asyncio.ensure_future(self._infer_once(req))
-        await self._queue.put(_Pending(tracked, tag, fut, state))
+        await self._put(_Pending(tracked, tag, fut, state, err))
+
+    async def _put(self, item: _Pending) -> None:
+        if not self._queue.full():
+            self._queue.put_nowait(item)
+            return
+        put = asyncio.ensure_future(self._queue.put(item))
+        await asyncio.wait([put, self._writer], return_when=asyncio.FIRST_COMPLETED)
+        if not put.done():  # the writer died while we waited for room
+            put.cancel()
+            self._writer.result()
+            raise RuntimeError(f"{self.session_id}: the writer stopped")
 
     async def drain(self) -> None:
-        """Wait until every submitted frame is written (the writer keeps running)."""
-        await self._queue.join()
+        """Wait until every submitted frame is written (the writer keeps running).
 
-    async def close(self, status: str = "ended") -> None:
-        """Write what is queued, stop the writer and mark the session ``status`` in the sink."""
+        Raises:
+            SinkOutage (or the error that stopped the writer): the session cannot go on.
+        """
+        if self._writer is None:
+            return
+        join = asyncio.ensure_future(self._queue.join())
+        await asyncio.wait([join, self._writer], return_when=asyncio.FIRST_COMPLETED)
+        if not join.done():
+            join.cancel()
+            self._writer.result()
+
+    async def close(self, status: str | None = "ended") -> None:
+        """Write what is queued, stop the writer and mark the session ``status`` in the sink.
+
+        Args:
+            status: the session's final status; None leaves the sink's session as it is (the
+                session goes on elsewhere, e.g. a Kafka partition moved to another consumer).
+
+        Raises:
+            SinkOutage (or the error that stopped the writer): what is queued was not written.
+        """
+        try:
+            if self._writer is not None:
+                if not self._writer.done():
+                    await self._put(None)
+                await self._writer
+            if status is not None:
+                await self._in(self._sink_pool, self._sink_retry,
+                               lambda: self.sink.close(self.session_id, status))
+        finally:
+            if self._own_pools:
+                self._track_pool.shutdown(wait=False)
+                self._sink_pool.shutdown(wait=False)
+
+    async def abort(self) -> None:
+        """Stop at once: queued frames are neither written nor reported (their source reads
+        them again), the session's status in the sink is left as it is."""
         if self._writer is not None:
-            await self._queue.put(None)
-            await self._writer
-        await self._in(self._sink_pool, self._sink_retry,
-                       lambda: self.sink.close(self.session_id, status))
+            self._writer.cancel()
+            await asyncio.wait([self._writer])
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if item is not None and item.infer is not None:
+                item.infer.cancel()
         if self._own_pools:
             self._track_pool.shutdown(wait=False)
             self._sink_pool.shutdown(wait=False)
@@ -218,37 +301,8 @@ class SessionRunner:
         c0 = time.thread_time()
         tracked = self.stage.process(frame, meta)
         tracked.timings_ms["facetrack_cpu"] = (time.thread_time() - c0) * 1000
-        return tracked, (self.stage.snapshot() if self._snapshot else None)
-
-    def _saliency_mask(self, t: TrackedFrame) -> np.ndarray | None:
-        """Faces due for a fresh saliency map (the track's first frame, then every interval)."""
-        for tid in t.ended_tracks:
-            self._sal_asked.pop(tid, None)
-        if self._sal_interval <= 0:
-            return None
-        mask = np.zeros(len(t.faces), bool)
-        for i, tid in enumerate(t.faces.track_id.tolist()):
-            last = self._sal_asked.get(tid)
-            if last is None or t.pts_ms - last >= self._sal_interval:
-                mask[i] = True
-                self._sal_asked[tid] = t.pts_ms
-        return mask
-
-    def _held_saliency(self, t: TrackedFrame, sal: np.ndarray | None) -> np.ndarray | None:
-        """Rows not computed this frame (NaN) take the track's last map."""
-        for tid in t.ended_tracks:
-            self._sal_last.pop(tid, None)
-        if sal is None:
-            return None
-        sal = sal.copy()
-        for i, tid in enumerate(t.faces.track_id.tolist()):
-            if np.isnan(sal[i]).any():
-                last = self._sal_last.get(tid)
-                if last is not None:
-                    sal[i] = last
-            else:
-                self._sal_last[tid] = sal[i]
-        return None if np.isnan(sal).any() else sal
+        # a private copy: the live state goes on changing with the next frames
+        return tracked, (copy.deepcopy(self.stage.snapshot()) if self._snapshot else None)
 
     async def _infer_once(self, req: InferRequest) -> InferResult | BaseException:
         try:
@@ -267,9 +321,13 @@ class SessionRunner:
                 if item is None:
                     return
                 res = await item.infer if item.infer is not None else None
+                if isinstance(res, SinkOutage):
+                    raise res
                 result = await self._in(self._sink_pool, self._write, item, res)
                 if self._on_result is not None:
-                    self._on_result(result)
+                    done = self._on_result(result)
+                    if inspect.isawaitable(done):
+                        await done
             finally:
                 self._queue.task_done()
 
@@ -286,26 +344,25 @@ class SessionRunner:
                           timings_ms=dict(t.timings_ms), stage_state=item.stage_state)
         self.builder.end_tracks(t.ended_tracks)
         points: list[TimelinePoint] = []
-        try:
-            if t.error:
-                raise RuntimeError(t.error)
-            if isinstance(res, BaseException):
-                raise RuntimeError(f"inference failed: {type(res).__name__}: {res}")
-            if res is not None:
-                out.timings_ms.update(res.timings_ms)
-                out.batch_faces, out.first_in_batch = res.batch_faces, res.first_in_batch
-                probs, sal, au = res.probs, self._held_saliency(t, res.saliency), res.au
-            else:
-                probs = np.zeros((0, len(self.builder.labels)), np.float32)
-                sal = au = None
-            t0 = time.perf_counter()
-            points = self.builder.build(self.session_id, t.ts_ms, t.pts_ms, t.faces, probs, sal,
-                                        au)
-            out.timings_ms["au+smooth"] = (time.perf_counter() - t0) * 1000
-        except Exception as e:  # noqa: BLE001  (one bad frame never stops the session)
-            log.warning("%s: frame %d yields no points: %s", self.session_id, t.seq, e)
-            out.error = str(e) or type(e).__name__
-            self.counts["errors"] += 1
+        if item.track_error or t.error:
+            self._fail(out, "track_error", item.track_error or t.error)
+        elif isinstance(res, BaseException):
+            self._fail(out, "inference_error", f"inference failed: {type(res).__name__}: {res}")
+        else:
+            try:
+                if res is not None:
+                    out.timings_ms.update(res.timings_ms)
+                    out.batch_faces, out.first_in_batch = res.batch_faces, res.first_in_batch
+                    probs, sal, au = res.probs, self._saliency.fill(t, res.saliency), res.au
+                else:
+                    probs = np.zeros((0, len(self.builder.labels)), np.float32)
+                    sal = au = None
+                t0 = time.perf_counter()
+                points = self.builder.build(self.session_id, t.ts_ms, t.pts_ms, t.faces, probs,
+                                            sal, au)
+                out.timings_ms["au+smooth"] = (time.perf_counter() - t0) * 1000
+            except Exception as e:  # noqa: BLE001  (one bad frame never stops the session)
+                self._fail(out, "timeline_error", f"{type(e).__name__}: {e}")
         t0 = time.perf_counter()
         if points:
             try:
@@ -314,9 +371,7 @@ class SessionRunner:
             except SinkOutage:
                 raise
             except Exception as e:  # noqa: BLE001  (e.g. a point the store refuses)
-                log.warning("%s: frame %d not stored: %s", self.session_id, t.seq, e)
-                out.error = f"sink: {type(e).__name__}: {e}"
-                self.counts["errors"] += 1
+                self._fail(out, "store_error", f"sink: {type(e).__name__}: {e}")
                 points = []
         out.timings_ms["sink"] = (time.perf_counter() - t0) * 1000
         out.track_ids = tuple(p.track_id for p in points)
@@ -326,3 +381,18 @@ class SessionRunner:
         self.counts["points"] += out.written
         self.counts["duplicates"] += out.duplicates
         return out
+
+    def _fail(self, out: FrameResult, kind: str, error: str) -> None:
+        log.warning("%s: frame %d yields no points (%s): %s", self.session_id, out.seq, kind,
+                    error)
+        out.error, out.error_kind = error or kind, kind
+        self.counts["errors"] += 1
+
+
+def _failed(session_id: str, seq: int, ts_ms: int, pts_ms: int, meta: dict) -> TrackedFrame:
+    """An empty tracked frame standing in for one whose tracking raised."""
+    from affectstream.operators.records import Faces
+
+    return TrackedFrame(session_id, seq, ts_ms, pts_ms, Faces.empty(),
+                        np.zeros((0, 1, 1), np.uint8), np.zeros((0, 468, 2), np.float32), [], {},
+                        float(meta.get("t_wall", time.time())))

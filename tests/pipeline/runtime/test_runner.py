@@ -197,3 +197,74 @@ def test_saliency_at_a_per_track_rate_still_fills_every_point(cfg, analyzer, fra
     pts = sink.all_points("s1")
     assert len(pts) == len(frames)
     assert all(set(p.saliency) == {"brows", "eyes", "nose", "cheeks", "mouth", "jaw"} for p in pts)
+
+
+def test_each_failed_step_has_its_error_kind_and_async_results_come_in_order(cfg, analyzer,
+                                                                             frames):
+    """A frame whose tracking raises, whose inference fails, whose timeline step raises or whose
+    points the store refuses yields a result with that step's ``error_kind``; the others are
+    written. An async ``on_result`` is awaited in frame order; ``on_tracked`` sees every frame
+    before its result; each result carries a private copy of the tracker state."""
+    from affectstream.pipeline.runtime.runner import ERROR_KINDS
+
+    class FlakyInference(LocalInference):
+        calls = 0
+
+        async def __call__(self, req):
+            FlakyInference.calls += 1
+            if FlakyInference.calls == 4:  # frame 4 (every frame has a face; 2 never asks)
+                raise RuntimeError("model exploded")
+            return await super().__call__(req)
+
+    class PickySink(ListSink):
+        def write(self, points):
+            if points[0].ts_ms == frames[8].ts_ms:
+                raise ValueError("refused by the store")
+            return super().write(points)
+
+    stage, builder = new_stage(cfg), new_builder(cfg, analyzer.labels)
+    process, build = stage.process, builder.build
+
+    def bad_process(frame, meta=None):
+        if frame.seq == 2:
+            raise MemoryError("no room for the landmarks")
+        return process(frame, meta)
+
+    def bad_build(sid, ts_ms, *a):
+        if ts_ms == frames[6].ts_ms:
+            raise FloatingPointError("smoother diverged")
+        return build(sid, ts_ms, *a)
+
+    stage.process, builder.build = bad_process, bad_build
+    sink, results, tracked = PickySink(), [], []
+
+    async def on_result(r):
+        await asyncio.sleep(0.001 * (r.seq % 3))  # uneven: order must still hold
+        assert r.tag in tracked
+        results.append(r)
+
+    async def main():
+        infer = FlakyInference(analyzer)
+        runner = SessionRunner("s1", stage, builder, infer, sink, window=3,
+                               on_result=on_result, on_tracked=tracked.append,
+                               snapshot_stage=True)
+        await runner.open("test")
+        for frame, meta in ListSource(frames[:12]):
+            await runner.submit(frame, meta, tag=frame.seq)
+        await runner.close(None)  # the session goes on elsewhere: status untouched
+        infer.close()
+        return runner
+
+    runner = asyncio.run(main())
+    assert [r.tag for r in results] == list(range(12)) == tracked
+    kinds = {r.tag: r.error_kind for r in results if r.error_kind}
+    assert kinds == {2: "track_error", 4: "inference_error", 6: "timeline_error",
+                     8: "store_error"}, kinds
+    assert set(kinds.values()) == set(ERROR_KINDS)
+    assert "no room" in results[2].error and results[2].stage_state is None
+    assert len(sink.all_points("s1")) == 8 and runner.counts["errors"] == 4
+    assert sink.status["s1"] == "running"
+    # private copies: the state after frame 0 is not the state after frame 11
+    states = [r.stage_state for r in results if r.stage_state is not None]
+    assert states[0]["tracker"].last_ms == frames[0].pts_ms
+    assert states[-1]["tracker"].last_ms == frames[11].pts_ms
