@@ -50,7 +50,8 @@ import numpy as np
 from affectstream.pipeline import metrics
 from affectstream.pipeline.config import PipelineConfig
 from affectstream.pipeline.kafka_retry import Attempts, OutageRetry
-from affectstream.pipeline.kafka_session import COUNTS, KafkaSession, RedisSessionSink
+from affectstream.pipeline.kafka_session import COUNTS, KafkaSession
+from affectstream.pipeline.runtime.sinks import RedisSessionSink
 
 log = logging.getLogger(__name__)
 

@@ -289,26 +289,3 @@ class KafkaSession:
         metrics.CHECKPOINTS.inc()
         metrics.STAGE_LATENCY_MS.labels(stage="checkpoint").observe(
             (time.perf_counter() - t0) * 1000)
-
-
-class RedisSessionSink:
-    """The sessions' Redis sink: :class:`pipeline.redis_store.RedisSink` writes, and on open
-    (a session starts or resumes) the TTL an idle period put on its keys is cleared."""
-
-    def __init__(self, store: Any) -> None:
-        self.store = store
-
-    def open(self, session_id: str, source: str, models: str = "", config_digest: str = "") -> None:
-        self.store.start_session(session_id, source, models, config_digest)
-        k, r = self.store.k, self.store.r
-        p = r.pipeline(transaction=False)
-        p.persist(k.tracks(session_id))
-        for t in r.zrange(k.tracks(session_id), 0, -1):
-            p.persist(k.track(session_id, int(t)))
-        p.execute()
-
-    def write(self, points: list) -> Any:
-        return self.store.write(points)
-
-    def close(self, session_id: str, status: str = "ended") -> None:
-        self.store.end_session(session_id, status)

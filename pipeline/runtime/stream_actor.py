@@ -153,6 +153,7 @@ class StreamActor:
         """Connect to inference, open the session and start streaming (returns at once)."""
         from ray import serve
 
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)  # its import set INFO
         from affectstream.pipeline.runtime.batch import InferRequest
         from affectstream.pipeline.runtime.runner import SessionRunner
 
@@ -211,6 +212,13 @@ class StreamActor:
             await asyncio.sleep(0.01)
         out, self._results = self._results, []
         return Progress(out, self._done and not self._results, self._error)
+
+    def status(self) -> dict:
+        """This actor's Redis outage state: ``{"waiting", "waiting_s", "attempts",
+        "last_error"}`` (:mod:`pipeline.redis_retry`); answers while a write waits."""
+        from affectstream.pipeline.redis_retry import STATE
+
+        return STATE.snapshot()
 
     def stats(self) -> dict:
         """Source statistics (decoded, corrupt, reconnects, dropped_behind) and track ids."""

@@ -65,7 +65,9 @@ class StreamReport:
 def run_streams(sources: list[tuple[str, str]], cfg: PipelineConfig, redis_url: str,
                 on_progress: Callable[[StreamReport, dict], None] | None = None,
                 on_start: Callable[[list[StreamReport]], None] | None = None,
-                max_frames: int | None = None) -> list[StreamReport]:
+                max_frames: int | None = None,
+                on_status: Callable[[StreamReport, dict], None] | None = None
+                ) -> list[StreamReport]:
     """Analyse several sources at once, sharing one inference deployment.
 
     Args:
@@ -75,6 +77,9 @@ def run_streams(sources: list[tuple[str, str]], cfg: PipelineConfig, redis_url: 
         on_progress: called after each frame with (report, frame summary).
         on_start: called once every stream opened (or failed to), with the reports.
         max_frames: stop each stream after this many frames (benchmarks, smoke runs).
+        on_status: called about every 2 s with (report, Redis state) for each running stream:
+            ``{"waiting": bool, "waiting_s", "attempts", "last_error"}`` (lets the caller show
+            "waiting for Redis").
 
     Returns:
         One :class:`StreamReport` per source, in input order; a stream that failed has ``error``.
@@ -113,8 +118,12 @@ def run_streams(sources: list[tuple[str, str]], cfg: PipelineConfig, redis_url: 
     if on_start:
         on_start(reports)
     polls = {i: a.poll.remote() for i, a in actors.items()}
+    next_status = time.monotonic() + 2.0
     while polls:
         ready, _ = ray.wait(list(polls.values()), num_returns=1, timeout=1.0)
+        if on_status is not None and time.monotonic() >= next_status:
+            next_status = time.monotonic() + 2.0
+            _report_status({i: actors[i] for i in polls}, reports, on_status)
         for ref in ready:
             i = next(k for k, v in polls.items() if v == ref)
             rep = reports[i]
@@ -145,3 +154,13 @@ def run_streams(sources: list[tuple[str, str]], cfg: PipelineConfig, redis_url: 
             rep.error = rep.error or one_line(e)
         ray.kill(actor)
     return reports
+
+
+def _report_status(actors: dict[int, object], reports: list[StreamReport],
+                   on_status: Callable[[StreamReport, dict], None]) -> None:
+    refs = {i: a.status.remote() for i, a in actors.items()}  # type: ignore[attr-defined]
+    for i, ref in refs.items():
+        try:
+            on_status(reports[i], ray.get(ref, timeout=5))
+        except ray.exceptions.RayError:
+            pass
