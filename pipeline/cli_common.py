@@ -59,6 +59,9 @@ def configure(quiet: bool, debug: bool, log_level: str) -> None:
     ray_lvl = max(lvl, logging.WARNING) if not debug else lvl
     for name in ("ray", "ray.serve", "ray.data", "ray.tune", "ray._private", "filelock"):
         logging.getLogger(name).setLevel(ray_lvl)
+    # kafka-python logs each failed connection attempt from its network thread; the CLI reports
+    # an unreachable broker in one line of its own (the attempts show with --debug)
+    logging.getLogger("kafka").setLevel(lvl if debug else logging.CRITICAL)
 
 
 def quiet_ray() -> None:

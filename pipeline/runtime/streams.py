@@ -89,16 +89,17 @@ def run_streams(sources: list[tuple[str, str]], cfg: PipelineConfig, redis_url: 
     from affectstream.pipeline.runtime.stream_actor import StreamActor
 
     dag.init_ray(cfg)
-    dag.start_inference(cfg)
     labels = tuple(FaceAnalyzer.card_for(cfg.inference.fer_model).label_names)
     cfg_json = cfg.model_dump_json()
     reports = [StreamReport(u, s) for u, s in sources]
     actors: dict[int, object] = {}
     t0 = {}
+    # the stream actors open their sources and load their models while Serve deploys inference
     for i, rep in enumerate(reports):
         actor = StreamActor.remote(rep.url, rep.session_id, cfg_json, redis_url, labels,
                                    max_frames)
         actors[i], t0[i] = actor, time.time()
+    dag.start_inference(cfg)
     started = {}
     for i, actor in list(actors.items()):
         try:
