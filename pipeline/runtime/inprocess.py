@@ -166,7 +166,9 @@ def analyze_image(image: str | Path | np.ndarray, *, config: str | None = None,
         img, sid = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), Path(image).stem
     else:
         img, sid = np.ascontiguousarray(image), "image"
-    overrides = {"inference": {"fer_model": fer_model, "au_model": au_model}}
+    # a still has one frame: every detection above detect.score_thresh is a face (no activation)
+    overrides = {"inference": {"fer_model": fer_model, "au_model": au_model},
+                 "track": {"activation_ms": 0}}
     return analyze_frames([Frame(sid, 0, 0, 0, img)], sid, config=config,
                           overrides=overrides)
 
