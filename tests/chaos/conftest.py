@@ -19,8 +19,8 @@ MAX_BYTES = 1 << 20
 SKEW_MS = 10 * 365 * 24 * 3600 * 1000
 
 
-@pytest.fixture(scope="package")
-def chaos_service(kafka_broker, redis_server):
+@pytest.fixture(scope="module")  # one per module: test_secrets.py starts a service of its own,
+def chaos_service(kafka_broker, redis_server):  # and Serve's HTTP proxy must be free for it
     from affectstream.pipeline import dag
     from affectstream.pipeline.config import load_config
     from affectstream.pipeline.service import start_service
@@ -45,7 +45,7 @@ def chaos_service(kafka_broker, redis_server):
             dag.shutdown()
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="module")
 def chaos_stage(chaos_service):
     from affectstream.operators.facetrack import FaceTrackStage
 
