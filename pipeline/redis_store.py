@@ -284,14 +284,17 @@ class TimelineStore:
 
         Returns:
             ``(total sessions, [(session_id, last update epoch ms, meta dict), ...])``; the meta
-            dict is empty for a session whose keys have expired.
+            dict is empty for a session whose keys have expired, and ``{"status": "unreadable"}``
+            for one whose meta key is not a hash (one damaged key never fails the listing).
         """
         total = self.r.zcard(self.k.sessions)
         rows = self.r.zrevrange(self.k.sessions, offset, offset + limit - 1, withscores=True)
         p = self.r.pipeline(transaction=False)
         for sid, _ in rows:
             p.hgetall(self.k.meta(sid))
-        metas = p.execute() if rows else []
+        metas = p.execute(raise_on_error=False) if rows else []
+        metas = [{"status": "unreadable"} if isinstance(m, redis.ResponseError) else m
+                 for m in metas]
         return total, [(sid, int(ts), m) for (sid, ts), m in zip(rows, metas)]
 
     def summary(self, sid: str, track: int | None = None, from_ms: int | None = None,

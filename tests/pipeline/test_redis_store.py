@@ -76,3 +76,15 @@ def test_retention_and_wall_clock_last_write(redis_url, ttl_s, expected):
     sink.end_session("s")
     got = TimelineStore(r).ttl_s("s")
     assert got == expected if expected is None else expected - 5 <= got <= expected
+
+
+def test_a_damaged_meta_key_never_fails_the_session_listing(redis_url):
+    c = redis.Redis.from_url(redis_url, decode_responses=True)
+    sink, store = RedisSink(c, "dmg"), TimelineStore(c, "dmg")
+    sink.start_session("good", "file.mp4")
+    c.zadd("dmg:sessions", {"bad": 1})
+    c.set("dmg:{bad}:meta", "not a hash")  # e.g. planted by someone with write access
+    total, rows = store.sessions_page()
+    by_sid = {sid: meta for sid, _, meta in rows}
+    assert total == 2 and by_sid["bad"] == {"status": "unreadable"}
+    assert by_sid["good"]["status"] == "running"
