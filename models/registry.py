@@ -80,14 +80,8 @@ def register_model(card: ModelCard) -> Callable[[Callable[..., nn.Module]], Call
     return deco
 
 
-def _ensure_loaded() -> None:
-    # Importing the package imports every architecture module, which registers its factories.
-    import affectstream.models  # noqa: F401
-
-
 def list_models(task: str | None = None) -> list[str]:
     """Registered model ids, sorted; only those of ``task`` when given."""
-    _ensure_loaded()
     return sorted(n for n, (_, c) in _REGISTRY.items() if task is None or c.task == task)
 
 
@@ -97,7 +91,6 @@ def get_card(name: str) -> ModelCard:
     Raises:
         KeyError: unknown name; the message lists the known names.
     """
-    _ensure_loaded()
     if name not in _REGISTRY:
         raise KeyError(f"unknown model {name!r}; known: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name][1]

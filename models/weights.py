@@ -222,8 +222,8 @@ def register_converter(name: str) -> Callable[[Callable[[], dict]], Callable[[],
 
 def weight_names() -> list[str]:
     """Names of all convertible torch weights."""
-    import affectstream.models  # noqa: F401  (registers converters)
-
+    # importing this module ran affectstream.models/__init__, which imports every model module
+    # (each registers its converter)
     return sorted(_CONVERTERS)
 
 
@@ -242,8 +242,6 @@ def load_state_dict(name: str, refresh: bool = False) -> dict[str, torch.Tensor]
         KeyError: no converter of that name.
         ArtifactError: raw files unavailable.
     """
-    import affectstream.models  # noqa: F401
-
     if name not in _CONVERTERS:
         raise KeyError(f"no weights named {name!r}; known: {', '.join(sorted(_CONVERTERS))}")
     path = converted_path(name)

@@ -28,7 +28,7 @@ def load_model(spec: str) -> torch.nn.Module:
         FileNotFoundError: a path that does not exist.
     """
     if spec.endswith((".pt", ".pth")) or Path(spec).exists():
-        from affectstream.training.export import load_checkpoint  # trained checkpoints carry their card
+        from affectstream.models.checkpoint import load_checkpoint  # trained checkpoints carry their card
 
         model, _ = load_checkpoint(Path(spec))
         return model.eval()

@@ -130,7 +130,7 @@ class RedisConfig(_Frozen):
     outage_tolerance_s: float = Field(
         300.0, ge=0, description="How long `run` and `serve` wait for an unreachable Redis "
         "(backoff, 'waiting for Redis' shown; analysed points are held meanwhile) before they "
-        "fail, seconds (pipeline.redis_retry).")
+        "fail, seconds (pipeline.store.redis_retry).")
 
 
 class KafkaConfig(_Frozen):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-# every Ray a test starts is local and loopback-only (pipeline.dag.init_ray): no auth needed
+# every Ray a test starts is local and loopback-only (pipeline.runtime.dag.init_ray): no auth needed
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
@@ -26,7 +26,7 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory):
     """A private ``redis-server`` on a free port; yields its URL ``redis://127.0.0.1:PORT/0``."""
-    from affectstream.pipeline.redis_server import find_redis_server
+    from affectstream.pipeline.store.redis_server import find_redis_server
 
     exe = find_redis_server()
     if exe is None:

@@ -10,5 +10,5 @@ operators/, never pipeline/).
 * :mod:`training.trainer` — the loop: progress, CSV/TensorBoard, checkpoints, exact resume, AMP.
 * :mod:`training.metrics` — accuracy, macro-F1, ICC(3,1), MAE, PCC, AUC-Judd, NSS, CC, KLD, SIM.
 * :mod:`training.evaluate` — checkpoint evaluation and the papers' tables.
-* :mod:`training.export` — checkpoints that carry their card; :func:`load_checkpoint`.
+* :mod:`models.checkpoint` — checkpoints that carry their card; :func:`load_checkpoint`.
 """

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from affectstream.training.data import build_dataset
-from affectstream.training.export import load_checkpoint, read_checkpoint
+from affectstream.models.checkpoint import load_checkpoint, read_checkpoint
 from affectstream.training.recipes import HeatmapLoss, Recipe
 from affectstream.training.tasks import Task, make_task
 from affectstream.training.trainer import _to, resolve_device

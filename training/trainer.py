@@ -38,7 +38,7 @@ from torch import nn
 from affectstream.models.registry import ModelCard, create_model, get_card
 from affectstream.training.data import build_dataset
 from affectstream.training.datasets.base import FaceDataset
-from affectstream.training.export import (
+from affectstream.models.checkpoint import (
     checkpoint_dict,
     load_checkpoint,
     make_card,

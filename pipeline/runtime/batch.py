@@ -1,6 +1,6 @@
 """Records crossing the inference boundary, and the batched forward over them.
 
-Plain Python (no Ray): the Serve deployment (:mod:`affectstream.pipeline.inference`) and the
+Plain Python (no Ray): the Serve deployment (:mod:`affectstream.pipeline.runtime.inference_app`) and the
 in-process :class:`~affectstream.pipeline.runtime.local_inference.LocalInference` both call
 :func:`analyze_batch`.
 """

@@ -181,7 +181,7 @@ def read_timeline(session_id: str, redis_url: str = "redis://127.0.0.1:6379/0",
     Raises:
         KeyError: no such session. redis.ConnectionError: Redis unreachable.
     """
-    from affectstream.pipeline.redis_store import TimelineStore, connect
+    from affectstream.pipeline.store.redis_store import TimelineStore, connect
 
     store = TimelineStore(connect(redis_url), prefix)
     if not store.exists(session_id):

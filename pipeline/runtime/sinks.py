@@ -7,7 +7,7 @@ from typing import Any
 
 from affectstream.operators.records import TimelinePoint
 from affectstream.pipeline.config import PipelineConfig
-from affectstream.pipeline.redis_store import RedisSink, WriteResult, connect
+from affectstream.pipeline.store.redis_store import RedisSink, WriteResult, connect
 
 
 class RedisSessionSink:
@@ -41,9 +41,9 @@ class RedisSessionSink:
 def outage_policy(cfg: PipelineConfig, what: str = "timeline write"
                   ) -> Callable[[Callable[[], Any]], Any]:
     """The runner's ``sink_retry``: ``fn()`` with a Redis outage waited out for up to
-    ``redis.outage_tolerance_s`` (:func:`pipeline.redis_retry.call_redis`, visible as "waiting
+    ``redis.outage_tolerance_s`` (:func:`pipeline.store.redis_retry.call_redis`, visible as "waiting
     for Redis"); past it :class:`~pipeline.runtime.runner.SinkOutage` ends the session."""
-    from affectstream.pipeline.redis_retry import RedisOutage, call_redis
+    from affectstream.pipeline.store.redis_retry import RedisOutage, call_redis
     from affectstream.pipeline.runtime.runner import SinkOutage
 
     def retry(fn: Callable[[], Any]) -> Any:

@@ -215,8 +215,8 @@ class StreamActor:
 
     def status(self) -> dict:
         """This actor's Redis outage state: ``{"waiting", "waiting_s", "attempts",
-        "last_error"}`` (:mod:`pipeline.redis_retry`); answers while a write waits."""
-        from affectstream.pipeline.redis_retry import STATE
+        "last_error"}`` (:mod:`pipeline.store.redis_retry`); answers while a write waits."""
+        from affectstream.pipeline.store.redis_retry import STATE
 
         return STATE.snapshot()
 

@@ -85,7 +85,7 @@ def run_streams(sources: list[tuple[str, str]], cfg: PipelineConfig, redis_url: 
         One :class:`StreamReport` per source, in input order; a stream that failed has ``error``.
     """
     from affectstream.operators.analyze import FaceAnalyzer
-    from affectstream.pipeline import dag
+    from affectstream.pipeline.runtime import dag
     from affectstream.pipeline.runtime.stream_actor import StreamActor
 
     dag.init_ray(cfg)

@@ -21,9 +21,9 @@ SKEW_MS = 10 * 365 * 24 * 3600 * 1000
 
 @pytest.fixture(scope="module")  # one per module: test_secrets.py starts a service of its own,
 def chaos_service(kafka_broker, redis_server):  # and Serve's HTTP proxy must be free for it
-    from affectstream.pipeline import dag
+    from affectstream.pipeline.runtime import dag
     from affectstream.pipeline.config import load_config
-    from affectstream.pipeline.service import start_service
+    from affectstream.pipeline.service.lifecycle import start_service
 
     tag = uuid.uuid4().hex[:8]
     cfg = load_config("service", overrides={

@@ -40,7 +40,7 @@ def _kinds() -> list[str]:
 
 def _bad(kind: str, i: int, rng: random.Random, good: list, j: int) -> tuple:
     """A malformed message of ``kind``; ``good[j]`` is the last good frame produced before it."""
-    from affectstream.pipeline.envelope import encode
+    from affectstream.pipeline.kafka.envelope import encode
 
     sid = f"junk-{i % 13}"
     k, v, h = encode(sid, 1_000_000 + i, T0 + i, data=tiny_jpeg(), width=8, height=8)

@@ -28,7 +28,7 @@ def _rss_bytes(pid: int) -> int:
 
 
 def _big_jpeg() -> bytes:
-    from affectstream.pipeline.envelope import encode_image
+    from affectstream.pipeline.kafka.envelope import encode_image
 
     y, x = np.indices((SIDE, SIDE), dtype=np.uint16)
     img = np.stack([(x // 16) % 256, (y // 16) % 256, ((x + y) // 64) % 256], -1)
@@ -36,7 +36,7 @@ def _big_jpeg() -> bytes:
 
 
 def test_sixty_4096_jpegs_raise_consumer_memory_by_less_than_600_mb(chaos_service):
-    from affectstream.pipeline.envelope import encode
+    from affectstream.pipeline.kafka.envelope import encode
 
     k = chaos_service.cfg.kafka
     (st,) = chaos_service.stats()

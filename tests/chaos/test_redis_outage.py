@@ -19,8 +19,8 @@ import psutil
 import pytest
 import redis
 
-from affectstream.pipeline.redis_server import find_redis_server
-from affectstream.pipeline.redis_store import Keys
+from affectstream.pipeline.store.redis_server import find_redis_server
+from affectstream.pipeline.store.redis_store import Keys
 from tests.conftest import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.slow]
@@ -79,7 +79,7 @@ def outage_run(tmp_path_factory, media):
     key = Keys().track(SID, 1)
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
     run = subprocess.Popen(
-        [sys.executable, "-m", "affectstream.pipeline.cli", "run", str(media("single_face.mp4")),
+        [sys.executable, "-m", "affectstream.pipeline.cli.main", "run", str(media("single_face.mp4")),
          "--session", SID, "--redis-url", url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, env=env)
     out: dict = {"sockets": []}

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import redis
 
-from affectstream.pipeline.redis_server import find_redis_server
+from affectstream.pipeline.store.redis_server import find_redis_server
 from tests.conftest import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.slow]
@@ -47,9 +47,9 @@ def test_secrets_reach_replicas_but_no_deployment_arg(kafka_broker, locked_redis
     from ray import serve
     from ray.serve.context import _get_global_client
 
-    from affectstream.pipeline import dag
+    from affectstream.pipeline.runtime import dag
     from affectstream.pipeline.config import load_config
-    from affectstream.pipeline.service import APP_NAME, start_service
+    from affectstream.pipeline.service.lifecycle import APP_NAME, start_service
 
     for var in ("AFFECTSTREAM_API_TOKEN", "AFFECTSTREAM_REDIS_PASSWORD", "AFFECTSTREAM_SECRETS_DIR"):
         monkeypatch.delenv(var, raising=False)

@@ -11,7 +11,7 @@ import pytest
 import redis
 import yaml
 
-from affectstream.pipeline.redis_store import RedisSink
+from affectstream.pipeline.store.redis_store import RedisSink
 from tests.conftest import free_port
 from tests.pipeline.test_api import S1
 
@@ -24,8 +24,8 @@ CAP = 50
 def api(redis_url, tmp_path):
     from ray import serve
 
-    from affectstream.pipeline import dag
-    from affectstream.pipeline.api import build_app
+    from affectstream.pipeline.runtime import dag
+    from affectstream.pipeline.service.application import build_app
     from affectstream.pipeline.config import load_config
 
     sink = RedisSink(redis.Redis.from_url(redis_url, decode_responses=True))

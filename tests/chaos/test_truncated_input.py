@@ -10,7 +10,7 @@ import sys
 import pytest
 import redis
 
-from affectstream.pipeline.redis_store import Keys
+from affectstream.pipeline.store.redis_store import Keys
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.slow]
 
@@ -21,7 +21,7 @@ def test_truncated_mp4_exits_nonzero_saying_how_many_frames_were_read(media, tmp
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(data[:int(len(data) * 0.3)])  # its first 137 frames survive
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    r = subprocess.run([sys.executable, "-m", "affectstream.pipeline.cli", "run", str(cut),
+    r = subprocess.run([sys.executable, "-m", "affectstream.pipeline.cli.main", "run", str(cut),
                         "--session", "cut", "--redis-url", redis_url],
                        capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 1, r.stderr[-3000:]

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from affectstream.pipeline.redis_store import TimelineStore
+from affectstream.pipeline.store.redis_store import TimelineStore
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "affectstream.pipeline.cli", *args],
+    return subprocess.run([sys.executable, "-m", "affectstream.pipeline.cli.main", *args],
                           capture_output=True, text=True, timeout=420, cwd=cwd)
 
 

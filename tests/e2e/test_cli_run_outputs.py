@@ -12,7 +12,7 @@ import pytest
 
 import affectstream
 
-CLI = [sys.executable, "-m", "affectstream.pipeline.cli"]
+CLI = [sys.executable, "-m", "affectstream.pipeline.cli.main"]
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

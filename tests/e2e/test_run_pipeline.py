@@ -9,14 +9,14 @@ import pytest
 import redis
 
 from affectstream.pipeline.config import load_config
-from affectstream.pipeline.redis_store import Keys, TimelineStore
+from affectstream.pipeline.store.redis_store import Keys, TimelineStore
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def ray_session():
-    from affectstream.pipeline import dag
+    from affectstream.pipeline.runtime import dag
 
     cfg = load_config(overrides={"ray_num_cpus": 2})
     dag.init_ray(cfg)
@@ -25,11 +25,11 @@ def ray_session():
 
 
 def test_two_sources_share_inference_and_rerun_adds_nothing(ray_session, redis_url, media):
-    from affectstream.pipeline import dag
+    from affectstream.pipeline.runtime.streams import run_streams
 
     cfg = ray_session
     clip, other = str(media("single_face.mp4")), str(media("noface_face.mov"))
-    reports = dag.run_streams([(clip, "e2e-a"), (other, "e2e-b")], cfg, redis_url)
+    reports = run_streams([(clip, "e2e-a"), (other, "e2e-b")], cfg, redis_url)
     a, b = reports
     assert a.error is None and b.error is None
     r = redis.Redis.from_url(redis_url, decode_responses=True)
@@ -66,24 +66,24 @@ def test_two_sources_share_inference_and_rerun_adds_nothing(ray_session, redis_u
     assert r.hget(Keys().meta("e2e-a"), "status") == "ended"
 
     # re-running the same session writes nothing new
-    again = dag.run_streams([(clip, "e2e-a")], cfg, redis_url)[0]
+    again = run_streams([(clip, "e2e-a")], cfg, redis_url)[0]
     assert again.points == 0 and again.duplicates == 72
     assert store.count_points("e2e-a") == {1: 72}
 
 
 def test_bad_source_fails_alone(ray_session, redis_url, media, tmp_path):
-    from affectstream.pipeline import dag
+    from affectstream.pipeline.runtime.streams import run_streams
 
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 100)
-    reports = dag.run_streams([(str(bad), "bad"), (str(media("single_face.mp4")), "good")],
+    reports = run_streams([(str(bad), "bad"), (str(media("single_face.mp4")), "good")],
                               ray_session, redis_url, max_frames=20)
     assert reports[0].error and "broken.mp4" in reports[0].error
     assert reports[1].error is None and reports[1].frames == 20
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "affectstream.pipeline.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "affectstream.pipeline.cli.main", *args], capture_output=True,
                           text=True, timeout=300)
 
 

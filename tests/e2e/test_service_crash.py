@@ -26,7 +26,7 @@ def _serve(cfg_path, bootstrap, redis_url, port, log_path):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     return subprocess.Popen(
-        [sys.executable, "-m", "affectstream.pipeline.cli", "serve", "--config", str(cfg_path),
+        [sys.executable, "-m", "affectstream.pipeline.cli.main", "serve", "--config", str(cfg_path),
          "--bootstrap", bootstrap, "--redis-url", redis_url, "--port", str(port)],
         stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, env=env,
         start_new_session=True)  # its own process group: SIGKILL takes Ray down with it
@@ -50,7 +50,7 @@ def test_killing_the_service_process_mid_stream_loses_and_doubles_nothing(
         kafka_broker, redis_server, media, tmp_path):
     from affectstream.operators.facetrack import FaceTrackStage
     from affectstream.pipeline.config import load_config
-    from affectstream.pipeline.kafka_io import ensure_topics
+    from affectstream.pipeline.kafka.client import ensure_topics
 
     tag = uuid.uuid4().hex[:6]
     conf = {"kafka": {"topic": f"crash-{tag}", "dlq_topic": f"crash-{tag}.dlq",
@@ -74,7 +74,7 @@ def test_killing_the_service_process_mid_stream_loses_and_doubles_nothing(
     replays = ("affectstream_frames_replay_skipped_total|{}",
                "affectstream_timeline_points_duplicate_total|{}")
 
-    def replayed():  # cluster-wide totals the consumers push to Redis (pipeline.metrics_agg)
+    def replayed():  # cluster-wide totals the consumers push to Redis (pipeline.metrics.aggregate)
         return sum(float(v or 0) for v in r.hmget("affect:metrics", replays))
 
     replayed0 = replayed()

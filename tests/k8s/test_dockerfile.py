@@ -148,9 +148,9 @@ def test_cli_has_the_commands_the_image_uses() -> None:
     try:
         import typer.main
 
-        from affectstream.pipeline.cli import app
+        from affectstream.pipeline.cli.main import app
     except ImportError as e:
-        pytest.skip(f"pipeline.cli not importable here: {e}")
+        pytest.skip(f"pipeline.cli.main not importable here: {e}")
     root = typer.main.get_command(app)
     assert "serve" in root.commands, "CMD runs `affectstream serve`"
     assert "fetch" in root.commands["models"].commands, "the build runs `affectstream models fetch`"
@@ -199,7 +199,7 @@ def test_image_builds_and_runs_as_non_root() -> None:
         ["docker", "build", "-f", str(DOCKERFILE), "-t", tag, str(ROOT)],
         capture_output=True, text=True, timeout=3600, env={**os.environ, "DOCKER_BUILDKIT": "1"})
     assert build.returncode == 0, build.stderr[-4000:]
-    probe = ("import os, pathlib, pipeline.api; "
+    probe = ("import os, pathlib, pipeline.api.app; "
              "d = pathlib.Path(os.environ['AFFECTSTREAM_CACHE_DIR']); "
              "print(os.getuid(), sum(1 for p in d.rglob('*') if p.is_file()))")
     run = subprocess.run(["docker", "run", "--rm", "--network", "none", tag, "python", "-c",

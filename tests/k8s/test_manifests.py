@@ -239,11 +239,11 @@ def test_probes_target_ray_health_endpoints_on_their_ports(render, overlay: str)
 
 
 def test_probe_paths_are_routes_of_the_api() -> None:
-    api = ROOT / "pipeline" / "api.py"
-    assert api.is_file(), "pipeline/api.py (import_path pipeline.api:build_app) is missing"
+    api = ROOT / "pipeline" / "api" / "app.py"
+    assert api.is_file(), "pipeline/api/app.py (import_path pipeline.service.application:build_app) is missing"
     src = api.read_text()
     for route in ("/readyz", "/healthz", "/metrics"):
-        assert f'"{route}"' in src, f"{route} is not a route in pipeline/api.py"
+        assert f'"{route}"' in src, f"{route} is not a route in pipeline/api/app.py"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

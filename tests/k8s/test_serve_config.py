@@ -30,12 +30,12 @@ from tests.k8s.conftest import (
     serve_config,
 )
 
-IMPORT_PATH = "affectstream.pipeline.api:build_app"
+IMPORT_PATH = "affectstream.pipeline.service.application:build_app"
 
 
 def _app(cfg: dict) -> dict:
     apps = cfg["applications"]
-    assert len(apps) == 1, "one Serve application: affectstream.pipeline.api:build_app"
+    assert len(apps) == 1, "one Serve application: affectstream.pipeline.service.application:build_app"
     return apps[0]
 
 

@@ -9,8 +9,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from affectstream.pipeline.envelope import decode, encode
-from affectstream.pipeline.kafka_io import sampled_frames
+from affectstream.pipeline.kafka.envelope import decode, encode
+from affectstream.pipeline.kafka.publish import sampled_frames
 
 Message = tuple[bytes, bytes, list]
 
@@ -58,7 +58,7 @@ def expected_points(base_stage, msgs: Iterable[Message]) -> set[tuple[int, int]]
 
 def produce(bootstrap: str, topic: str, msgs: Iterable[Message]) -> dict[int, int]:
     """Send and flush; returns ``{partition: end offset}`` (one past its last message)."""
-    from affectstream.pipeline.kafka_io import make_producer
+    from affectstream.pipeline.kafka.client import make_producer
 
     p = make_producer(bootstrap)
     futs = [p.send(topic, key=k, value=v, headers=h) for k, v, h in msgs]
@@ -73,7 +73,7 @@ def produce(bootstrap: str, topic: str, msgs: Iterable[Message]) -> dict[int, in
 
 def stored_points(r, sid: str) -> list[tuple[int, int]]:
     """``[(track_id, ts_ms)]`` in Redis for a session (with repeats, if any)."""
-    from affectstream.pipeline.redis_store import Keys
+    from affectstream.pipeline.store.redis_store import Keys
 
     k = Keys()
     out = []
@@ -105,6 +105,6 @@ def fraction(counts: dict[str, int], want: dict[str, int]) -> float:
 
 
 def tiny_jpeg() -> bytes:
-    from affectstream.pipeline.envelope import encode_image
+    from affectstream.pipeline.kafka.envelope import encode_image
 
     return encode_image(np.full((8, 8, 3), 128, np.uint8))

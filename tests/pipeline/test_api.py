@@ -8,8 +8,9 @@ from fastapi.testclient import TestClient
 
 from affectstream.operators.records import TimelinePoint
 from affectstream.pipeline import metrics
-from affectstream.pipeline.api import ApiConfigError, build_app, check_bind, create_app, is_loopback
-from affectstream.pipeline.redis_store import RedisSink
+from affectstream.pipeline.api.app import ApiConfigError, check_bind, create_app, is_loopback
+from affectstream.pipeline.service.application import build_app
+from affectstream.pipeline.store.redis_store import RedisSink
 
 pytestmark = pytest.mark.integration
 

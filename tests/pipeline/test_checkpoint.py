@@ -8,7 +8,7 @@ import copy
 import pytest
 import redis
 
-from affectstream.pipeline.checkpoint import (Checkpoint, CheckpointStore, restore_builder, restore_stage,
+from affectstream.pipeline.kafka.checkpoint import (Checkpoint, CheckpointStore, restore_builder, restore_stage,
                                  snapshot_builder, snapshot_stage)
 
 
@@ -61,7 +61,7 @@ def test_restored_session_continues_exactly_like_the_uninterrupted_one(base_stag
     from affectstream.operators.records import Frame
     from affectstream.operators.smoothing import Smoother
     from affectstream.operators.timeline import TimelineBuilder
-    from affectstream.pipeline.kafka_io import sampled_frames
+    from affectstream.pipeline.kafka.publish import sampled_frames
 
     # 10 frames/s: no face until 4.0 s, then one face to the end (6.4 s)
     frames = [Frame("s", i, 10_000 + f.pts_ms, f.pts_ms, f.image)
@@ -98,7 +98,7 @@ def test_state_codec_round_trips_operator_state_without_pickle():
 
     from affectstream.operators.records import Faces
     from affectstream.operators.tracking.kalman import BoxKalman
-    from affectstream.pipeline.checkpoint import decode_state, encode_state
+    from affectstream.pipeline.kafka.checkpoint import decode_state, encode_state
 
     kf = BoxKalman(np.array([10, 20, 50, 90], np.float32))
     faces = Faces(np.ones((1, 4), np.float32), np.ones(1, np.float32), np.ones(1, np.int64))
@@ -124,7 +124,7 @@ def test_state_codec_round_trips_operator_state_without_pickle():
     b'{"$dict": [[[1], 2]]}',                                      # unhashable key
 ])
 def test_foreign_state_is_refused(blob):
-    from affectstream.pipeline.checkpoint import CheckpointError, decode_state
+    from affectstream.pipeline.kafka.checkpoint import CheckpointError, decode_state
 
     with pytest.raises(CheckpointError):
         decode_state(blob)
@@ -160,7 +160,7 @@ def test_signed_checkpoints_refuse_tampering_and_foreign_layouts(redis_url):
 
 
 def test_checkpoint_key_from_env_or_file(tmp_path, monkeypatch):
-    from affectstream.pipeline.checkpoint import KEY_ENV, load_key
+    from affectstream.pipeline.kafka.checkpoint import KEY_ENV, load_key
 
     monkeypatch.delenv(KEY_ENV, raising=False)
     assert load_key(None) is None

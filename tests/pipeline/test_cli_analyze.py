@@ -1,4 +1,4 @@
-"""``affectstream analyze au-selectivity`` (pipeline/cli_analyze.py) on real face photos."""
+"""``affectstream analyze au-selectivity`` (pipeline/cli/analyze.py) on real face photos."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from affectstream.models.weights import artifact_path
-from affectstream.pipeline.cli_analyze import analyze_app
+from affectstream.pipeline.cli.analyze import analyze_app
 
 PHOTOS = [("0-f1-su-ph.jpg", "surprise"), ("0-f15-hao-ph.jpg", "happiness"),
           ("15-f13-anc-ph.jpg", "anger"), ("45-m7-di-ph.jpg", "disgust")]
@@ -56,7 +56,7 @@ def test_bad_options_exit_2_with_a_message(args, message):
 
 
 def _analyze_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "affectstream.pipeline.cli", "analyze",
+    return subprocess.run([sys.executable, "-m", "affectstream.pipeline.cli.main", "analyze",
                            "au-selectivity", *args], capture_output=True, text=True, timeout=600)
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from affectstream.pipeline.cli import app
+from affectstream.pipeline.cli.main import app
 
 
 def test_bad_segment_is_a_one_line_error():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from affectstream.pipeline.cli_kafka import kafka_cli
+from affectstream.pipeline.cli.kafka import kafka_cli
 from tests.conftest import free_port
 
 
@@ -49,7 +49,7 @@ def test_missing_config_file(tmp_path):
 def test_serve_is_a_command_of_the_main_cli():
     import typer.main
 
-    from affectstream.pipeline.cli import app
+    from affectstream.pipeline.cli.main import app
 
     cmd = typer.main.get_command(app).commands["serve"]
     assert {p.name for p in cmd.params} >= {"config", "bootstrap", "redis_url", "port"}

@@ -13,7 +13,7 @@ from affectstream.models import create_model, list_models
 
 @pytest.mark.slow
 def test_models_list_details_params_match_modules():
-    r = subprocess.run([sys.executable, "-m", "affectstream.pipeline.cli", "models", "list", "--details", "--batch", "1"],
+    r = subprocess.run([sys.executable, "-m", "affectstream.pipeline.cli.main", "models", "list", "--details", "--batch", "1"],
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     for name in list_models():

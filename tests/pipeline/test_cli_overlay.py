@@ -11,7 +11,7 @@ import pytest
 
 from tests.pipeline.stored import write_session
 
-CLI = [sys.executable, "-m", "affectstream.pipeline.cli"]
+CLI = [sys.executable, "-m", "affectstream.pipeline.cli.main"]
 
 
 def _frames(path):
@@ -33,7 +33,7 @@ def _ring(img, box, t=2):
 @pytest.mark.integration
 @pytest.mark.e2e
 def test_overlay_has_the_input_frames_and_draws_held_boxes(media, redis_url, tmp_path):
-    from affectstream.pipeline.redis_store import TimelineStore, connect
+    from affectstream.pipeline.store.redis_store import TimelineStore, connect
 
     clip = media("single_face.mp4")  # 72 frames at 30 fps, one face
     n = write_session(redis_url, clip, "ov1", analysis_fps=10)

@@ -12,7 +12,7 @@ import pytest
 
 from tests.pipeline.stored import write_session
 
-CLI = [sys.executable, "-m", "affectstream.pipeline.cli"]
+CLI = [sys.executable, "-m", "affectstream.pipeline.cli.main"]
 pytestmark = pytest.mark.integration
 
 

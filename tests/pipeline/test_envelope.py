@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from affectstream.pipeline.envelope import (SCHEMA, EnvelopeError, FrameEnvelope, Limits, SeqGuard, decode,
+from affectstream.pipeline.kafka.envelope import (SCHEMA, EnvelopeError, FrameEnvelope, Limits, SeqGuard, decode,
                                encode, encode_image, parse_headers, probe_size)
 
 

@@ -11,11 +11,13 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from affectstream.pipeline.cli_kafka import kafka_cli as _kafka_cli
+from affectstream.pipeline.cli.kafka import kafka_cli as _kafka_cli
 from affectstream.pipeline.config import KafkaConfig
-from affectstream.pipeline.envelope import SCHEMA, encode
-from affectstream.pipeline.kafka_io import (BrokerUnavailable, DeadLetter, FrameConsumer, OffsetTracker,
-                               ensure_topics, make_producer, publish)
+from affectstream.pipeline.kafka.envelope import SCHEMA, encode
+from affectstream.pipeline.kafka.client import BrokerUnavailable, ensure_topics, make_producer
+from affectstream.pipeline.kafka.frames import FrameConsumer
+from affectstream.pipeline.kafka.offsets import DeadLetter, OffsetTracker
+from affectstream.pipeline.kafka.publish import publish
 
 # --------------------------------------------------------------------------------------------
 # OffsetTracker: pure logic
@@ -445,7 +447,7 @@ def test_security_settings_reach_every_kafka_client(over, want):
     from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
     from affectstream.pipeline.config import KafkaConfig
-    from affectstream.pipeline.kafka_io import client_kwargs
+    from affectstream.pipeline.kafka.client import client_kwargs
 
     kw = client_kwargs(KafkaConfig(**over))
     assert kw.pop("bootstrap_servers") == ["127.0.0.1:9092"]
@@ -467,7 +469,7 @@ def test_unknown_sasl_mechanism_is_a_config_error():
 def test_delivery_attempts_count_unfinished_steps(redis_url):
     import redis
 
-    from affectstream.pipeline.poison import DeliveryAttempts
+    from affectstream.pipeline.kafka.poison import DeliveryAttempts
 
     a = DeliveryAttempts(redis.Redis.from_url(redis_url), prefix="t-" + str(time.time_ns()))
     assert a.begin("t", 0, 7) == 1

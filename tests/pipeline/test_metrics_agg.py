@@ -6,7 +6,7 @@ import pytest
 import redis
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from affectstream.pipeline import metrics_agg
+from affectstream.pipeline.metrics import aggregate as metrics_agg
 
 pytestmark = pytest.mark.integration
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 
 from affectstream.operators.records import TimelinePoint
-from affectstream.pipeline.plot import plot_timeline, timeline_figure
+from affectstream.pipeline.viz.plot import plot_timeline, timeline_figure
 
 
 def _pt(track, ts):

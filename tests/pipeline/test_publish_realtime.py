@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 def test_publish_realtime_loop_paces_by_pts_and_continues_media_time(kafka_broker, media):
     topic = "rt-" + uuid.uuid4().hex[:8]
     t = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "affectstream.pipeline.cli", "publish",
+    r = subprocess.run([sys.executable, "-m", "affectstream.pipeline.cli.main", "publish",
                         str(media("single_face.mp4")), "--bootstrap", kafka_broker, "--topic",
                         topic, "--session", "cam", "--realtime", "--loop", "--max-frames", "80"],
                        capture_output=True, text=True, timeout=120)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from affectstream.pipeline.ray_net import RayAuthError, check_cluster_auth
+from affectstream.pipeline.runtime.ray_net import RayAuthError, check_cluster_auth
 
 
 @pytest.mark.parametrize("address", ["10.0.0.5:6379", "ray://head.svc:10001", "auto",

@@ -7,7 +7,7 @@ import time
 import pytest
 import redis
 
-from affectstream.pipeline.redis_retry import REDIS_WAITING, OutageState, RedisOutage, call_redis
+from affectstream.pipeline.store.redis_retry import REDIS_WAITING, OutageState, RedisOutage, call_redis
 
 
 class Flaky:

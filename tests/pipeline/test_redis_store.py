@@ -2,7 +2,7 @@ import pytest
 import redis
 
 from affectstream.operators.records import TimelinePoint
-from affectstream.pipeline.redis_store import Keys, RedisSink, TimelineStore
+from affectstream.pipeline.store.redis_store import Keys, RedisSink, TimelineStore
 
 pytestmark = pytest.mark.integration
 

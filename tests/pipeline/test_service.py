@@ -23,9 +23,9 @@ T0 = 1_700_000_000_000
 
 @pytest.fixture(scope="module")
 def service(kafka_broker, redis_server):
-    from affectstream.pipeline import dag
+    from affectstream.pipeline.runtime import dag
     from affectstream.pipeline.config import load_config
-    from affectstream.pipeline.service import start_service
+    from affectstream.pipeline.service.lifecycle import start_service
 
     tag = uuid.uuid4().hex[:8]
     cfg = load_config("service", overrides={
@@ -83,7 +83,7 @@ def test_publish_serve_query_a_real_clip(service, base_stage, media, r):
     """publish -> service -> HTTP query: every frame with a face becomes one point, the summary
     and live tail agree, /metrics shows what the consumer actors did, the result topic has the
     same points."""
-    from affectstream.pipeline.kafka_io import publish
+    from affectstream.pipeline.kafka.publish import publish
 
     sid = "clip-" + uuid.uuid4().hex[:6]
     clip = str(media("single_face.mp4"))
@@ -158,7 +158,7 @@ def _bad(kind: str, i: int, good: tuple) -> tuple:
     import struct
     import zlib
 
-    from affectstream.pipeline.envelope import encode
+    from affectstream.pipeline.kafka.envelope import encode
 
     k, v, h = encode(f"junk-{i % 7}", 10_000 + i, T0, data=tiny_jpeg())
     mark = [("test_index", str(i).encode())]

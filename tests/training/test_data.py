@@ -11,7 +11,7 @@ import torch
 from affectstream.models import get_card
 from tests.training import formats as F
 from affectstream.training.data import build_dataset
-from affectstream.training.export import read_checkpoint
+from affectstream.models.checkpoint import read_checkpoint
 from affectstream.training.recipes import Recipe
 from affectstream.training.trainer import Trainer
 

@@ -10,8 +10,8 @@ import pytest
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from affectstream.pipeline.cli_train import train_cli
-from affectstream.training.export import load_checkpoint, read_checkpoint
+from affectstream.pipeline.cli.train import train_cli
+from affectstream.models.checkpoint import load_checkpoint, read_checkpoint
 from affectstream.training.recipes import Recipe, load_recipe
 from affectstream.training.trainer import Trainer
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from affectstream.training.export import load_checkpoint, read_checkpoint
+from affectstream.models.checkpoint import load_checkpoint, read_checkpoint
 from affectstream.training.recipes import Recipe, StageSpec
 from affectstream.training.trainer import Trainer, TrainingInterrupted, lr_factor
 

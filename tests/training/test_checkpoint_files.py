@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from affectstream.models import create_model
-from affectstream.training.export import (
+from affectstream.models.checkpoint import (
     checkpoint_dict,
     load_checkpoint,
     make_card,

@@ -4,7 +4,7 @@ A local Ray started by ``affectstream run`` / ``serve`` (no ``RAY_ADDRESS``) is 
 this machine only: every Ray process (GCS, raylet and its object manager, workers, dashboard
 agent, runtime-env agent, metrics export, Serve replicas' inter-deployment gRPC server) listens
 on 127.0.0.1, so Ray's token auth is not needed there. A cluster joined through ``RAY_ADDRESS``
-runs with token auth (``RAY_AUTH_MODE=token``); see :func:`pipeline.dag.init_ray`.
+runs with token auth (``RAY_AUTH_MODE=token``); see :func:`pipeline.runtime.dag.init_ray`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def check_cluster_auth(address: str, env: Mapping[str, str]) -> None:
     Raises:
         RayAuthError: ``address`` is not loopback and ``RAY_AUTH_MODE`` is ``disabled``.
     """
-    from affectstream.pipeline.api import is_loopback
+    from affectstream.pipeline.api.app import is_loopback
 
     host = address.split("://", 1)[-1].rsplit(":", 1)[0] if address != "auto" else "auto"
     if not is_loopback(host) and env.get("RAY_AUTH_MODE", "").lower() == "disabled":

@@ -146,7 +146,7 @@ def eval_au(
     from rich.console import Console
     from rich.table import Table
 
-    from affectstream.pipeline.cli import fail
+    from affectstream.pipeline.cli.common import fail
 
     try:
         res = evaluate(model, clip, segment, still)

@@ -1,4 +1,5 @@
-"""HTTP query API (DESIGN §7): FastAPI over the Redis timeline store, plus a thin Ray Serve ingress.
+"""HTTP query API (DESIGN §7): FastAPI over the Redis timeline store (the Serve ingress is in
+:mod:`affectstream.pipeline.service.application`).
 
 Endpoints (JSON unless noted; times are epoch milliseconds, AU intensities FACS 0–5)::
 
@@ -16,7 +17,7 @@ Auth: with a token configured, ``/v1/*`` needs ``Authorization: Bearer <token>``
 and the OpenAPI docs stay open). Without a token the API may only bind to a loopback address:
 :func:`check_bind` refuses anything else.
 
-Ray Serve: ``import_path: pipeline.api:build_app`` with ``args: {config: service, ...}``.
+Ray Serve: ``import_path: pipeline.service.application:build_app`` with ``args: {config: service, ...}``.
 """
 
 
@@ -39,9 +40,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from affectstream.operators.records import TimelinePoint
-from affectstream.pipeline import metrics, metrics_agg  # noqa: F401  (metrics: registers the families)
-from affectstream.pipeline.envelope import SESSION_ID_PATTERN
-from affectstream.pipeline.redis_store import Keys, TimelineStore, TrackSummary, connect
+from affectstream.pipeline.metrics import aggregate as metrics_agg  # noqa: F401
+from affectstream.pipeline import metrics  # noqa: F401  (metrics: registers the families)
+from affectstream.pipeline.kafka.envelope import SESSION_ID_PATTERN
+from affectstream.pipeline.store.redis_store import Keys, TimelineStore, TrackSummary, connect
 
 API_VERSION = "1"
 
@@ -348,7 +350,7 @@ def create_app(redis_url: str | None = None, prefix: str = "affect",
                               "description": "Prometheus text exposition format."}})
     def metrics_endpoint() -> Response:
         """This process's metrics plus the cluster-wide totals the Kafka consumer actors push
-        to Redis (:mod:`pipeline.metrics_agg`)."""
+        to Redis (:mod:`pipeline.metrics.aggregate`)."""
         body, ctype = metrics_agg.render_merged(client, prefix)
         return Response(body, media_type=ctype)
 
@@ -575,131 +577,3 @@ def create_app(redis_url: str | None = None, prefix: str = "affect",
     app.state.store = store
     app.state.sse_open = lambda: state["sse_open"]
     return app
-
-
-# --------------------------------------------------------------------------------------------
-# Ray Serve ingress (thin)
-
-try:  # Ray is a dependency, but keep create_app usable where it cannot be imported
-    from ray import serve
-except ImportError:  # pragma: no cover
-    serve = None  # type: ignore[assignment]
-
-_BUILD_ARGS = ("config", "config_json", "redis_url", "key_prefix", "host", "bootstrap",
-               "consumers", "ingest", "num_replicas", "num_cpus", "secrets_dir")
-_SECRET_ARGS = {"auth_token": "AFFECTSTREAM_API_TOKEN", "redis_password":
-                "AFFECTSTREAM_REDIS_PASSWORD", "kafka_password": "AFFECTSTREAM_KAFKA_PASSWORD"}
-
-
-def _resolve(config: str | None, overrides: dict[str, Any]) -> Any:
-    """The replica's :class:`~pipeline.config.PipelineConfig`: ``overrides["config_json"]`` (a
-    whole config resolved elsewhere, e.g. by ``affectstream serve``, secrets removed) or the YAML
-    ``config`` with the environment applied, then the explicit overrides. Secrets come from this
-    process's environment and secret files (``overrides["secrets_dir"]``,
-    ``AFFECTSTREAM_SECRETS_DIR``; :func:`pipeline.config.apply_secrets`), never from arguments."""
-    from affectstream.pipeline.config import PipelineConfig, _merge, apply_secrets, load_config
-
-    secret_args = sorted(set(overrides) & set(_SECRET_ARGS))
-    if secret_args:
-        raise ApiConfigError(
-            f"secrets are not build_app args ({', '.join(secret_args)}): they would show in the "
-            "Serve config; set " + ", ".join(_SECRET_ARGS[a] for a in secret_args)
-            + " (or <VAR>_FILE, or a secrets_dir) where the replicas run")
-    explicit = {
-        "redis": {"url": overrides.get("redis_url"),
-                  "key_prefix": overrides.get("key_prefix")},
-        "api": {"host": overrides.get("host")},
-        "kafka": {"bootstrap": overrides.get("bootstrap"),
-                  "consumers": overrides.get("consumers")}}
-    if overrides.get("config_json"):
-        if config:
-            raise ApiConfigError("give build_app either config or config_json, not both")
-        base = PipelineConfig.model_validate_json(overrides["config_json"]).model_dump()
-        base = apply_secrets(base, secrets_dir=overrides.get("secrets_dir"))
-        clean = {s: {k: v for k, v in d.items() if v is not None} for s, d in explicit.items()}
-        return PipelineConfig.model_validate(_merge(base, clean))
-    if overrides.get("secrets_dir"):
-        explicit = _merge(apply_secrets({}, secrets_dir=overrides["secrets_dir"]),
-                          explicit)
-    return load_config(config, overrides=explicit)
-
-
-if serve is not None:
-
-    @serve.deployment(name="QueryAPI", ray_actor_options={"num_cpus": 0.25})
-    @serve.ingress()
-    class QueryAPI:
-        """Serve replica holding one :func:`create_app` instance. The config is resolved in the
-        replica (so secrets come from the replica's environment, not from deployment args).
-
-        Extra keyword arguments (e.g. other deployments bound into the same application, which
-        Serve hands over as ``DeploymentHandle`` s) are kept in ``self.handles``.
-        """
-
-        def __init__(self, config: str | None = None,
-                     overrides: dict[str, Any] | None = None, **handles: Any) -> None:
-            from affectstream.pipeline.ray_net import serve_replica_on_loopback
-
-            serve_replica_on_loopback()
-            self.handles = handles
-            cfg = _resolve(config, overrides or {})
-            self._app = create_app(cfg.redis.url or "redis://127.0.0.1:6379/0",
-                                   cfg.redis.key_prefix, cfg.api.auth_token, host=cfg.api.host,
-                                   redis_password=cfg.redis.password,
-                                   max_sse=cfg.api.max_sse_connections)
-
-        def __serve_build_asgi_app__(self) -> FastAPI:
-            return self._app
-
-
-def build_app(args: dict[str, Any] | None = None) -> Any:
-    """Ray Serve application builder (``import_path: pipeline.api:build_app``): the whole service.
-
-    The application's ingress is ``QueryAPI``; unless ``ingest`` is false it also holds the
-    ``Inference`` deployment and ``kafka.consumers`` replicas of ``KafkaIngest``, the Kafka
-    consumers (:mod:`pipeline.service`), so a RayService that runs only this application runs
-    the whole pipeline.
-
-    Args:
-        args: optional ``config`` (YAML path or preset for :func:`pipeline.config.load_config`)
-            or ``config_json`` (a complete config as JSON, secrets removed), ``redis_url``,
-            ``key_prefix``, ``host`` (the address the Serve HTTP proxy binds; non-loopback needs
-            a token), ``bootstrap`` (Kafka), ``consumers``, ``ingest`` (default true; false = the
-            query API alone), ``num_replicas`` and ``num_cpus`` (of ``QueryAPI``),
-            ``secrets_dir`` (a directory of secret files on the replicas' machines). Secrets
-            (API token, Redis / Kafka passwords) are never args: every replica reads them from
-            its environment or secret files (:func:`pipeline.config.apply_secrets`).
-
-    Returns:
-        ``serve.Application``.
-
-    Raises:
-        ApiConfigError: unknown args, a secret given as an arg, or non-loopback host without a
-            token.
-    """
-    if serve is None:  # pragma: no cover
-        raise ApiConfigError("ray[serve] is not installed")
-    args = dict(args or {})
-    unknown = sorted(set(args) - set(_BUILD_ARGS) - set(_SECRET_ARGS))
-    if unknown:
-        raise ApiConfigError(f"unknown build_app args {unknown}; known: {list(_BUILD_ARGS)}")
-    config = args.pop("config", None)
-    ingest = args.pop("ingest", True)
-    if isinstance(ingest, str):
-        ingest = ingest.strip().lower() not in ("0", "false", "no", "off", "")
-    cfg = _resolve(config, args)  # validates early, in the caller's environment
-    check_bind(cfg.api.host, cfg.api.auth_token)
-    # room for every live tail plus queries and probes: with Serve's default (5) a few open
-    # SSE streams would queue /healthz behind them
-    opts: dict[str, Any] = {"max_ongoing_requests": cfg.api.max_sse_connections + EXTRA_REQUESTS}
-    if args.get("num_replicas") is not None:
-        opts["num_replicas"] = args["num_replicas"]
-    if args.get("num_cpus") is not None:
-        opts["ray_actor_options"] = {"num_cpus": float(args["num_cpus"])}
-    overrides = {k: v for k, v in args.items() if k not in ("num_replicas", "num_cpus")}
-    handles: dict[str, Any] = {}
-    if ingest:
-        from affectstream.pipeline.service import service_deployments
-
-        handles = service_deployments(cfg, config, overrides)
-    return QueryAPI.options(**opts).bind(config, overrides, **handles)

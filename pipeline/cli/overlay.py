@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import typer
 
-from affectstream.pipeline.cli_common import (console, fail, one_line_error, out,
+from affectstream.pipeline.cli.common import (console, fail, one_line_error, out,
                                               redis_url_or_env)
 
 overlay_cli = typer.Typer(add_completion=False)
@@ -25,8 +25,8 @@ def overlay_or_fail(session: str, video: str | Path, output: Path, redis_url: st
     1."""
     import av
 
-    from affectstream.pipeline.overlay_video import render_overlay
-    from affectstream.pipeline.redis_store import TimelineStore, connect
+    from affectstream.pipeline.viz.overlay_video import render_overlay
+    from affectstream.pipeline.store.redis_store import TimelineStore, connect
 
     store = TimelineStore(connect(redis_url, cfg.redis.password), cfg.redis.key_prefix)
     if not store.exists(session):

@@ -6,7 +6,7 @@ raises :class:`~pipeline.runtime.runner.SinkOutage` instead, so a session stops 
 any frame (they are read again by the next owner). :meth:`OutageRetry.infer` retries inference
 while the replica died or restarts, and gives up after 3 failures of the model code itself (the
 frame then goes to the DLQ as ``inference_error``). :class:`Attempts` is the poison-pill counter
-(:mod:`pipeline.poison`) behind the same Redis policy.
+(:mod:`pipeline.kafka.poison`) behind the same Redis policy.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class OutageRetry:
                 nothing acknowledged is lost).
             Exception: what ``fn`` raised when it is not an outage (e.g. WRONGTYPE).
         """
-        from affectstream.pipeline.redis_retry import RedisOutage, call_redis, is_outage
+        from affectstream.pipeline.store.redis_retry import RedisOutage, call_redis, is_outage
 
         try:
             return call_redis(fn, *args, what=f"{self.instance}: {what}",
@@ -89,8 +89,8 @@ class OutageRetry:
 
 
 class Attempts:
-    """:class:`pipeline.poison.DeliveryAttempts` with Redis outages waited out (what
-    :class:`pipeline.kafka_io.FrameConsumer` and the sessions call); ``begin``/``finish`` take
+    """:class:`pipeline.kafka.poison.DeliveryAttempts` with Redis outages waited out (what
+    :class:`pipeline.kafka.frames.FrameConsumer` and the sessions call); ``begin``/``finish`` take
     ``(topic, partition, offset)`` or one object with those attributes."""
 
     def __init__(self, store: Any, retry: OutageRetry) -> None:

@@ -2,9 +2,9 @@
 
 :class:`KafkaSession` is the Kafka *source adapter* of
 :class:`~affectstream.pipeline.runtime.runner.SessionRunner`: the consumer
-(:mod:`pipeline.kafka_consumer`) routes a session's frames to its inbox; the session restores its
+(:mod:`pipeline.kafka.stream`) routes a session's frames to its inbox; the session restores its
 state from the checkpoint, skips frames the checkpoint covers, counts each frame's delivery
-attempt (:mod:`pipeline.poison`) and submits it to the runner, which tracks, infers, builds the
+attempt (:mod:`pipeline.kafka.poison`) and submits it to the runner, which tracks, infers, builds the
 timeline and writes the points (Redis, and the result topic through a
 :class:`~affectstream.pipeline.runtime.result_sink.TeeSink`). In frame order, the runner hands
 back each frame's result: a failed one goes to the DLQ with its ``error_kind`` as reason; a
@@ -12,7 +12,7 @@ written one waits for a checkpoint, which covers exactly the written frames (the
 right after the frame, ``snapshot_stage=True``), and only then is its offset acknowledged.
 
 Redis outages and inference restarts are waited out by the consumer's retry policies
-(:mod:`pipeline.kafka_retry`), never blamed on a frame.
+(:mod:`pipeline.kafka.retry`), never blamed on a frame.
 """
 
 from __future__ import annotations
@@ -22,13 +22,10 @@ import collections
 import dataclasses
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from affectstream.pipeline import metrics
 from affectstream.pipeline.runtime.runner import FrameResult, SessionRunner, SinkOutage
-
-if TYPE_CHECKING:
-    from affectstream.pipeline.kafka_consumer import KafkaStream
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +57,11 @@ class KafkaSession:
     """In-memory state and the task of one session in one consumer (module docstring).
 
     Args:
-        owner: the consumer (its config, pools, stores, sink, retry policies, DLQ and acks).
+        owner: the :class:`~affectstream.pipeline.kafka.stream.KafkaStream` (its config, pools, stores, sink, retry policies, DLQ and acks).
         sid: session id. tp: the partition its frames come from.
     """
 
-    def __init__(self, owner: KafkaStream, sid: str, tp: Any) -> None:
+    def __init__(self, owner: Any, sid: str, tp: Any) -> None:
         self.owner = owner
         self.sid = sid
         self.tp = tp
@@ -88,7 +85,7 @@ class KafkaSession:
 
     # -- the consumer's side --
     def route(self, f: Any) -> None:
-        """Queue a polled frame (a :class:`pipeline.kafka_io.ConsumedFrame`)."""
+        """Queue a polled frame (a :class:`pipeline.kafka.frames.ConsumedFrame`)."""
         self.last_offset = f.offset
         self.last_frame_at = time.monotonic()
         self.held += 1
@@ -155,7 +152,7 @@ class KafkaSession:
     def _restore(self) -> tuple[Any, Any]:
         """The session's face-track stage and timeline builder, from its checkpoint when one
         of this partition exists (sink thread)."""
-        from affectstream.pipeline.checkpoint import (CheckpointError, reject, restore_builder,
+        from affectstream.pipeline.kafka.checkpoint import (CheckpointError, reject, restore_builder,
                                                       restore_stage)
         from affectstream.pipeline.runtime.parts import new_builder, new_stage
 
@@ -277,7 +274,7 @@ class KafkaSession:
         self.last_ckpt = time.monotonic()
 
     def _save(self, r: FrameResult) -> None:
-        from affectstream.pipeline.checkpoint import Checkpoint, encode_state, snapshot_builder
+        from affectstream.pipeline.kafka.checkpoint import Checkpoint, encode_state, snapshot_builder
 
         o, msg = self.owner, r.tag
         t0 = time.perf_counter()

@@ -32,7 +32,8 @@ def run_bench(video: str, cfg: PipelineConfig, redis_url: str, streams: int = 1,
         JSON-able dict: ``summary`` (frames/s, latency p50/p99 ms, ...), ``stages_ms`` (per-stage
         mean/p50/p99 per frame), ``machine`` and ``config``.
     """
-    from affectstream.pipeline import dag
+    from affectstream.pipeline.runtime import dag
+    from affectstream.pipeline.runtime.streams import run_streams
 
     tag = time.strftime("%Y%m%d-%H%M%S")
     sources = [(video, f"bench-{tag}-{i}") for i in range(streams)]
@@ -50,7 +51,7 @@ def run_bench(video: str, cfg: PipelineConfig, redis_url: str, streams: int = 1,
         console.print(f"bench: {streams} stream(s) of {video} "
                       f"({'every frame' if not rate else f'{rate:g} frames/s analysed'})…")
     try:
-        reports = dag.run_streams(sources, cfg, redis_url, on_progress, max_frames=max_frames)
+        reports = run_streams(sources, cfg, redis_url, on_progress, max_frames=max_frames)
     finally:
         dag.shutdown()
     errors = [r.error for r in reports if r.error]

@@ -7,7 +7,7 @@ the client, units in the name (``_ms``). Other modules import the objects and in
 Note: prometheus_client metrics are per process. Under Ray every actor is its own process, so a
 counter incremented in a consumer actor shows up in *that* process's registry, not in the API
 replica's ``/metrics``. The Kafka consumer actors therefore push their registry to Redis
-(:mod:`pipeline.metrics_agg`), and ``/metrics`` renders the cluster-wide totals from there.
+(:mod:`pipeline.metrics.aggregate`), and ``/metrics`` renders the cluster-wide totals from there.
 """
 
 from __future__ import annotations

@@ -101,7 +101,7 @@ def print_json(obj: Any) -> None:
 def resolve_redis_or_fail(url: str | None, password: str | None = None) -> tuple[str, str]:
     """``(url, how)`` of the Redis to use (see ``redis_server.resolve_redis``); exits 1 with a
     one-line error when none answers."""
-    from affectstream.pipeline.redis_server import RedisUnavailable, resolve_redis
+    from affectstream.pipeline.store.redis_server import RedisUnavailable, resolve_redis
 
     try:
         return resolve_redis(url, password)

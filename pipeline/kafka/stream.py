@@ -1,17 +1,17 @@
 """The service's Kafka consumer: polling, backpressure, routing to sessions, commits, metrics.
 
-One :class:`KafkaStream` runs in each ``KafkaIngest`` replica (:mod:`pipeline.service`): a member
+One :class:`KafkaStream` runs in each ``KafkaIngest`` replica (:mod:`pipeline.service.lifecycle`): a member
 of the consumer group ``kafka.group_id`` that owns some partitions of ``kafka.topic``. It routes
 each polled frame by ``session_id`` (the message key: a session stays on one partition and
-reaches one consumer in order) to that session's :class:`~pipeline.kafka_session.KafkaSession`,
+reaches one consumer in order) to that session's :class:`~pipeline.kafka.session.KafkaSession`,
 which runs the frames through the shared session runner
 (:class:`~pipeline.runtime.runner.SessionRunner`): the per-session logic (tracking, batched
 inference, timeline, sink, ordering, errors) is the one ``affectstream run`` uses.
 
 Delivery: at-least-once from Kafka, exactly-once in Redis. Offsets are committed only below
 frames whose points Redis acknowledged *and* whose session state is checkpointed
-(:mod:`pipeline.checkpoint`); the committed prefix is also committed when partitions are
-revoked (:class:`pipeline.kafka_io.FrameConsumer`). After a crash or a rebalance the next owner
+(:mod:`pipeline.kafka.checkpoint`); the committed prefix is also committed when partitions are
+revoked (:class:`pipeline.kafka.frames.FrameConsumer`). After a crash or a rebalance the next owner
 restores each session from its checkpoint, skips frames it covers and recomputes the rest from
 the same state: same track ids, same timestamps, so Redis rejects the replayed points.
 
@@ -22,14 +22,14 @@ raised three times), ``timeline_error``, ``store_error`` (Redis refused its poin
 invalid stream id, or its session cannot be opened); ``partition_mismatch`` (a session's frames
 on two partitions), ``internal_error`` (decoding raised unexpectedly) and ``poison_pill`` (its
 processing began ``kafka.max_delivery_attempts`` times and the consumer crashed each time,
-:mod:`pipeline.poison`). A Redis *outage* is not a message failure: the session waits.
+:mod:`pipeline.kafka.poison`). A Redis *outage* is not a message failure: the session waits.
 
 Memory: decoded images polled and not yet face-tracked count against
 ``kafka.max_inflight_frame_bytes``; at the budget the consumer pauses its partitions and resumes
 below it, and a poll never asks for more max-size frames than the budget has room for.
 
 Metrics: the Prometheus registry is pushed to Redis once a second and the API's ``/metrics``
-renders the cluster-wide totals (:mod:`pipeline.metrics_agg`).
+renders the cluster-wide totals (:mod:`pipeline.metrics.aggregate`).
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ import numpy as np
 
 from affectstream.pipeline import metrics
 from affectstream.pipeline.config import PipelineConfig
-from affectstream.pipeline.kafka_retry import Attempts, OutageRetry
-from affectstream.pipeline.kafka_session import COUNTS, KafkaSession
+from affectstream.pipeline.kafka.retry import Attempts, OutageRetry
+from affectstream.pipeline.kafka.session import COUNTS, KafkaSession
 from affectstream.pipeline.runtime.sinks import RedisSessionSink
 
 log = logging.getLogger(__name__)
@@ -87,10 +87,10 @@ class KafkaStream:
         import torch
 
         from affectstream.operators.analyze import FaceAnalyzer
-        from affectstream.pipeline.checkpoint import CheckpointStore, load_key
-        from affectstream.pipeline.metrics_agg import RedisMetricsPusher
-        from affectstream.pipeline.poison import DeliveryAttempts
-        from affectstream.pipeline.redis_store import RedisSink, connect
+        from affectstream.pipeline.kafka.checkpoint import CheckpointStore, load_key
+        from affectstream.pipeline.metrics.aggregate import RedisMetricsPusher
+        from affectstream.pipeline.kafka.poison import DeliveryAttempts
+        from affectstream.pipeline.store.redis_store import RedisSink, connect
         from affectstream.pipeline.runtime.parts import new_stage
 
         self.cfg = cfg
@@ -181,7 +181,8 @@ class KafkaStream:
                 delay = min(delay * 2, 10.0)
 
     def _make_consumer(self) -> Any:
-        from affectstream.pipeline.kafka_io import FrameConsumer, make_producer
+        from affectstream.pipeline.kafka.client import make_producer
+        from affectstream.pipeline.kafka.frames import FrameConsumer
         from affectstream.pipeline.runtime.result_sink import ResultTopicSink, TeeSink
 
         kw = {"max_poll_interval_ms": self.k.max_poll_interval_ms,
@@ -196,7 +197,7 @@ class KafkaStream:
         return consumer
 
     async def _connect(self, stop: asyncio.Event) -> None:
-        from affectstream.pipeline.kafka_io import BrokerUnavailable
+        from affectstream.pipeline.kafka.client import BrokerUnavailable
 
         delay = 1.0
         while not stop.is_set():
@@ -274,7 +275,7 @@ class KafkaStream:
             log.debug("lag failed: %s", e)
 
     async def _commit(self) -> None:
-        from affectstream.pipeline.kafka_io import KafkaIOError
+        from affectstream.pipeline.kafka.client import KafkaIOError
 
         try:
             await self.run_in("kafka", self.consumer.commit)
@@ -311,7 +312,7 @@ class KafkaStream:
 
     def dead_letter(self, f: Any, reason: str, detail: str) -> None:
         """Send one frame's message to the DLQ (``f``: a ``ConsumedFrame`` or a
-        :class:`~pipeline.kafka_session.Msg`); it is acknowledged once the DLQ has it."""
+        :class:`~pipeline.kafka.session.Msg`); it is acknowledged once the DLQ has it."""
         rec = types.SimpleNamespace(topic=f.topic, partition=f.partition, offset=f.offset,
                                     key=f.envelope.session_id.encode(), value=b"",
                                     headers=f.envelope.headers())
@@ -403,7 +404,7 @@ class KafkaStream:
         if c is not None:
             out.update(polled=c.stats.polled, dead_lettered=c.stats.dead_lettered
                        + self.totals["dead_lettered"], commits=c.stats.commits)
-        from affectstream.pipeline.redis_retry import STATE
+        from affectstream.pipeline.store.redis_retry import STATE
 
         out["redis"] = STATE.snapshot()  # {"waiting": True, "waiting_s": ...} during an outage
         if frames:

@@ -34,8 +34,8 @@ def _clip_frames(video: str, fps: float | None, max_frames: int | None,
                  jpeg_quality: int = 90) -> tuple[list[tuple[int, bytes]], int, int]:
     """``[(pts_ms, JPEG bytes)]`` of the clip resampled to ``fps``, encoded ahead of time (the
     publisher's pacing must not wait on the encoder), and the frame size."""
-    from affectstream.pipeline.envelope import encode_image
-    from affectstream.pipeline.kafka_io import sampled_frames
+    from affectstream.pipeline.kafka.envelope import encode_image
+    from affectstream.pipeline.kafka.publish import sampled_frames
 
     out, h, w = [], 0, 0
     for fr in sampled_frames(video, fps, max_frames):
@@ -48,7 +48,7 @@ def _publish(producer: Any, topic: str, sessions: list[str], frames: list[tuple[
              w: int, h: int, fps: float | None, sent: list[int]) -> None:
     """Send frame i of every session at ``t0 + i / fps`` (as fast as possible when ``fps`` is
     None), each stamped with the wall clock as it is sent."""
-    from affectstream.pipeline.envelope import encode
+    from affectstream.pipeline.kafka.envelope import encode
 
     t0 = time.monotonic()
     for i, (pts, jpeg) in enumerate(frames):
@@ -104,12 +104,12 @@ def run_kafka_bench(video: str, cfg: PipelineConfig, redis_url: str, *,
         ``stages_ms`` (per-frame time per stage), ``machine``, ``config``.
 
     Raises:
-        pipeline.kafka_io.BrokerUnavailable: no broker answers.
+        pipeline.kafka.frames.BrokerUnavailable: no broker answers.
         RuntimeError: the service did not analyse every published frame in time.
     """
-    from affectstream.pipeline import dag
-    from affectstream.pipeline.kafka_io import client_kwargs, ensure_topics, make_producer
-    from affectstream.pipeline.service import start_service
+    from affectstream.pipeline.runtime import dag
+    from affectstream.pipeline.kafka.client import client_kwargs, ensure_topics, make_producer
+    from affectstream.pipeline.service.lifecycle import start_service
 
     def say(msg: str) -> None:
         if console is not None:
@@ -244,7 +244,7 @@ def _delete_topics(bootstrap: str, topics: list[str], ckw: dict[str, Any]) -> No
 
 def _end_sessions(redis_url: str, cfg: PipelineConfig, sessions: list[str]) -> None:
     try:
-        from affectstream.pipeline.redis_store import RedisSink, connect
+        from affectstream.pipeline.store.redis_store import RedisSink, connect
 
         sink = RedisSink(connect(redis_url, cfg.redis.password), cfg.redis.key_prefix,
                          session_ttl_s=cfg.redis.session_ttl_s)

@@ -17,9 +17,8 @@ import ray
 
 from affectstream.pipeline.config import PipelineConfig
 from affectstream.pipeline.runtime.stream_actor import INFERENCE_APP as APP_NAME
-from affectstream.pipeline.runtime.streams import StreamReport, run_streams
 
-__all__ = ["APP_NAME", "StreamReport", "init_ray", "run_streams", "shutdown", "start_inference"]
+__all__ = ["APP_NAME", "init_ray", "shutdown", "start_inference"]
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +38,7 @@ def init_ray(cfg: PipelineConfig) -> None:
     ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``, as for any Ray client).
 
     Raises:
-        pipeline.ray_net.RayAuthError: ``RAY_ADDRESS`` names a non-loopback cluster and ``RAY_AUTH_MODE=disabled``.
+        pipeline.runtime.ray_net.RayAuthError: ``RAY_ADDRESS`` names a non-loopback cluster and ``RAY_AUTH_MODE=disabled``.
     """
     for name in ("ray", "ray.serve"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -48,7 +47,7 @@ def init_ray(cfg: PipelineConfig) -> None:
     kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
                           "logging_level": logging.WARNING, "configure_logging": True}
     address = os.environ.get("RAY_ADDRESS", "").strip()
-    from affectstream.pipeline.ray_net import check_cluster_auth, loopback_only_ray
+    from affectstream.pipeline.runtime.ray_net import check_cluster_auth, loopback_only_ray
 
     if address:
         check_cluster_auth(address, os.environ)
@@ -64,7 +63,7 @@ def start_inference(cfg: PipelineConfig) -> Any:
     """Deploy (or reuse) the shared Inference Serve app without an HTTP proxy; returns a handle."""
     from ray import serve
 
-    from affectstream.pipeline.inference import Inference
+    from affectstream.pipeline.runtime.inference_app import Inference
 
     quiet = {"log_level": "WARNING", "enable_access_log": False}
     serve.start(proxy_location="Disabled", logging_config=quiet)

@@ -14,7 +14,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from affectstream.pipeline.cli_common import (console, fail, out, print_json, redis_url_or_env,
+from affectstream.pipeline.cli.common import (console, fail, out, print_json, redis_url_or_env,
                                               utc)
 
 sessions_app = typer.Typer(help="Stored sessions: list (default), delete.", add_completion=False)
@@ -24,7 +24,7 @@ EXPORT_FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "jsonl"}
 
 
 def _store(redis_url: str | None) -> tuple[Any, str]:
-    from affectstream.pipeline.redis_store import TimelineStore, connect
+    from affectstream.pipeline.store.redis_store import TimelineStore, connect
 
     url = redis_url_or_env(redis_url)
     return TimelineStore(connect(url)), url
@@ -176,7 +176,7 @@ def timeline(
                       " ".join(f"{k} {v:.1f}" for k, v in aus if v >= 0.05) or "-")
         out.print(t)
     if plot is not None:
-        from affectstream.pipeline.plot import plot_timeline
+        from affectstream.pipeline.viz.plot import plot_timeline
 
         plot_timeline(pts, plot, title=session, t0_ms=t0)
         console.print(f"plot written to {plot}")

@@ -35,7 +35,7 @@ class Inference:
                  batch_wait_timeout_s: float = 0.005) -> None:
         import torch
 
-        from affectstream.pipeline.ray_net import serve_replica_on_loopback
+        from affectstream.pipeline.runtime.ray_net import serve_replica_on_loopback
 
         serve_replica_on_loopback()
 

@@ -51,7 +51,8 @@ def publish_cmd(
 
     from affectstream.pipeline.config import load_config
     from affectstream.operators.decode import SourceError
-    from affectstream.pipeline.kafka_io import BrokerUnavailable, KafkaIOError, publish
+    from affectstream.pipeline.kafka.client import BrokerUnavailable, KafkaIOError
+    from affectstream.pipeline.kafka.publish import publish
 
     try:
         cfg = load_config(config or None, overrides={
@@ -116,10 +117,10 @@ def serve_cmd(
     """
     from pydantic import ValidationError
 
-    from affectstream.pipeline.api import ApiConfigError, check_bind
+    from affectstream.pipeline.api.app import ApiConfigError, check_bind
     from affectstream.pipeline.config import load_config
-    from affectstream.pipeline.kafka_io import BrokerUnavailable, check_broker, client_kwargs
-    from affectstream.pipeline.redis_server import RedisUnavailable, resolve_redis
+    from affectstream.pipeline.kafka.client import BrokerUnavailable, check_broker, client_kwargs
+    from affectstream.pipeline.store.redis_server import RedisUnavailable, resolve_redis
 
     try:
         cfg = load_config(config or None, overrides={
@@ -155,7 +156,7 @@ def serve_cmd(
                    f"({how}); API on {svc.url} (/v1/sessions, /metrics, /docs). "
                    "Ctrl-C stops.", highlight=False, soft_wrap=True)
 
-    from affectstream.pipeline.service import run_service
+    from affectstream.pipeline.service.lifecycle import run_service
 
     try:
         run_service(cfg, on_ready=ready)

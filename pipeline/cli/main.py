@@ -12,10 +12,10 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from affectstream.pipeline.cli_common import (FLAGS, configure, console, fail, one_line_error, out,
+from affectstream.pipeline.cli.common import (FLAGS, configure, console, fail, one_line_error, out,
                                               print_json, quiet_ray, warn)
 
-if not os.environ.get("RAY_ADDRESS"):  # a local Ray, loopback only (pipeline.dag.init_ray)
+if not os.environ.get("RAY_ADDRESS"):  # a local Ray, loopback only (pipeline.runtime.dag.init_ray)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 # Ray's native crash handler would take SIGTERM away from our clean-shutdown handler (serve)
@@ -99,7 +99,7 @@ def check_models(cfg: "PipelineConfig", allow_untrained: bool) -> None:  # noqa:
 
 
 def _redis(url: str | None, password: str | None = None) -> tuple[str, str]:
-    from affectstream.pipeline.cli_common import resolve_redis_or_fail
+    from affectstream.pipeline.cli.common import resolve_redis_or_fail
 
     return resolve_redis_or_fail(url, password)
 
@@ -147,7 +147,8 @@ def run(
                 for s in sources]
     url, how = _redis(cfg.redis.url, cfg.redis.password)
     console.print(f"Redis: {url} ({how}); starting Ray and the inference deployment…")
-    from affectstream.pipeline import dag
+    from affectstream.pipeline.runtime import dag
+    from affectstream.pipeline.runtime.streams import run_streams
 
     quiet_ray()
     progress = Progress(TextColumn("{task.description}"), BarColumn(),
@@ -195,7 +196,7 @@ def run(
             console.print(f"{sid}: Redis is back; buffered points written")
 
     try:
-        reports = dag.run_streams(list(zip(sources, sess)), cfg, url, on_progress, on_start,
+        reports = run_streams(list(zip(sources, sess)), cfg, url, on_progress, on_start,
                                   max_frames=max_frames, on_status=on_status)
     finally:
         progress.stop()
@@ -222,7 +223,7 @@ def run(
     if failed:
         raise typer.Exit(1)
     if overlay is not None:
-        from affectstream.pipeline.cli_overlay import overlay_or_fail
+        from affectstream.pipeline.cli.overlay import overlay_or_fail
 
         overlay_or_fail(sess[0], sources[0], overlay, url, cfg, summary_to_stderr=as_json)
 
@@ -249,7 +250,7 @@ def demo(
     models_fetch()
     clip = artifact_path("WolfgangLanger_Pexels.mp4")
     run([str(clip)], ["demo"], redis_url, None, None, None, None, None, False, False, None)
-    from affectstream.pipeline.cli_sessions import timeline
+    from affectstream.pipeline.cli.sessions import timeline
 
     timeline("demo", redis_url, None, None, None, 1000, None, "table", plot)
 
@@ -323,7 +324,7 @@ def bench(
 ) -> None:
     """End-to-end frames/s, per-stage time per frame, p50/p99 frame-to-Redis latency."""
     from affectstream.operators.decode import is_live
-    from affectstream.pipeline.bench import run_bench
+    from affectstream.pipeline.bench.runtime import run_bench
 
     if video is None:
         from affectstream.models.weights import artifact_path
@@ -339,7 +340,7 @@ def bench(
     max_frames = int(duration_s * analysis_fps) if live and analysis_fps else None
     try:
         if kafka:
-            from affectstream.pipeline.bench_kafka import run_kafka_bench
+            from affectstream.pipeline.bench.kafka import run_kafka_bench
 
             cfg = _config(config or "service", {"redis": {"url": redis_url},
                                                 "kafka": {"bootstrap": bootstrap}})
@@ -374,12 +375,12 @@ def bench(
 # ------------------------------------------------------------------------- mounted sub-commands
 
 def _mount() -> None:
-    from affectstream.pipeline.cli_analyze import analyze_app
-    from affectstream.pipeline.cli_eval_au import eval_au_cli
-    from affectstream.pipeline.cli_kafka import kafka_cli
-    from affectstream.pipeline.cli_overlay import overlay_cli
-    from affectstream.pipeline.cli_sessions import data_cli, sessions_app
-    from affectstream.pipeline.cli_train import train_cli
+    from affectstream.pipeline.cli.analyze import analyze_app
+    from affectstream.pipeline.cli.eval_au import eval_au_cli
+    from affectstream.pipeline.cli.kafka import kafka_cli
+    from affectstream.pipeline.cli.overlay import overlay_cli
+    from affectstream.pipeline.cli.sessions import data_cli, sessions_app
+    from affectstream.pipeline.cli.train import train_cli
 
     app.add_typer(analyze_app, name="analyze")
     app.add_typer(sessions_app, name="sessions")
