@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,6 +16,8 @@ import pytest
 # every Ray a test starts is local and loopback-only (pipeline.runtime.dag.init_ray): no auth needed
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+# a user's warm cluster (`affectstream up`) must never be joined by the tests' runs
+os.environ["AFFECTSTREAM_STATE_DIR"] = tempfile.mkdtemp(prefix="affectstream-test-state-")
 
 
 def free_port() -> int:

@@ -120,3 +120,19 @@ def utc(ms: int | float | None) -> str:
     if ms is None:
         return "-"
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(ms) / 1000))
+
+
+def load_config_or_fail(config: str | None, overrides: dict) -> Any:
+    """The resolved :class:`~affectstream.pipeline.config.PipelineConfig`, or a one-line error
+    (exit 1) for a missing file or an invalid value."""
+    from pydantic import ValidationError
+
+    from affectstream.pipeline.config import load_config
+
+    try:
+        return load_config(config, overrides)
+    except FileNotFoundError as e:
+        fail(str(e))
+    except ValidationError as e:
+        fail(f"invalid config: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}")
+    raise AssertionError

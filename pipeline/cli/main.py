@@ -14,6 +14,7 @@ from rich.table import Table
 
 from affectstream.pipeline.cli.common import (FLAGS, configure, console, fail, one_line_error, out,
                                               print_json, quiet_ray, warn)
+from affectstream.pipeline.cli.common import load_config_or_fail as _config
 
 if not os.environ.get("RAY_ADDRESS"):  # a local Ray, loopback only (pipeline.runtime.dag.init_ray)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -68,20 +69,6 @@ def _global(
 ) -> None:
     """Facial-affect analytics on video: faces in, per-face emotion and AU timelines out."""
     configure(quiet, debug, log_level)
-
-
-def _config(config: str | None, overrides: dict) -> "PipelineConfig":  # noqa: F821
-    from pydantic import ValidationError
-
-    from affectstream.pipeline.config import load_config
-
-    try:
-        return load_config(config, overrides)
-    except FileNotFoundError as e:
-        fail(str(e))
-    except ValidationError as e:
-        fail(f"invalid config: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}")
-    raise AssertionError
 
 
 def check_models(cfg: "PipelineConfig", allow_untrained: bool) -> None:  # noqa: F821
@@ -146,9 +133,13 @@ def run(
         sess = [Path(s).stem if not is_live(s) else s.rstrip("/").rsplit("/", 1)[-1]
                 for s in sources]
     url, how = _redis(cfg.redis.url, cfg.redis.password)
-    console.print(f"Redis: {url} ({how}); starting Ray and the inference deployment…")
-    from affectstream.pipeline.runtime import dag
+    from affectstream.pipeline.runtime import dag, warm
     from affectstream.pipeline.runtime.streams import run_streams
+
+    st = None if os.environ.get("RAY_ADDRESS") else warm.read_state()
+    console.print(f"Redis: {url} ({how}); " + (
+        f"joining the warm cluster at {st['address']} (affectstream up)…" if st
+        else "starting Ray and the inference deployment…"), highlight=False)
 
     quiet_ray()
     progress = Progress(TextColumn("{task.description}"), BarColumn(),
@@ -376,6 +367,7 @@ def bench(
 
 def _mount() -> None:
     from affectstream.pipeline.cli.analyze import analyze_app
+    from affectstream.pipeline.cli.cluster import cluster_cli
     from affectstream.pipeline.cli.eval_au import eval_au_cli
     from affectstream.pipeline.cli.kafka import kafka_cli
     from affectstream.pipeline.cli.overlay import overlay_cli
@@ -384,7 +376,7 @@ def _mount() -> None:
 
     app.add_typer(analyze_app, name="analyze")
     app.add_typer(sessions_app, name="sessions")
-    for sub in (data_cli, overlay_cli, kafka_cli, train_cli, eval_au_cli):  # publish, serve, train, eval as top-level commands
+    for sub in (data_cli, overlay_cli, kafka_cli, train_cli, eval_au_cli, cluster_cli):  # publish, serve, train, eval as top-level commands
         app.registered_commands.extend(sub.registered_commands)
 
 

@@ -22,6 +22,9 @@ __all__ = ["APP_NAME", "init_ray", "shutdown", "start_inference"]
 
 log = logging.getLogger(__name__)
 
+WARM: dict[str, Any] = {}
+"""``{"state": ...}`` when :func:`init_ray` joined the warm cluster of ``affectstream up``."""
+
 
 def init_ray(cfg: PipelineConfig) -> None:
     """Start a local Ray bound to loopback, or join the cluster of ``RAY_ADDRESS``.
@@ -49,6 +52,15 @@ def init_ray(cfg: PipelineConfig) -> None:
     address = os.environ.get("RAY_ADDRESS", "").strip()
     from affectstream.pipeline.runtime.ray_net import check_cluster_auth, loopback_only_ray
 
+    if not address:
+        from affectstream.pipeline.runtime import warm
+
+        st = warm.read_state()
+        if st is not None:  # `affectstream up` keeps one warm: join it
+            warm.join(st["address"])
+            WARM["state"] = st
+            return
+
     if address:
         check_cluster_auth(address, os.environ)
         os.environ.setdefault("RAY_AUTH_MODE", "token")
@@ -59,23 +71,27 @@ def init_ray(cfg: PipelineConfig) -> None:
     ray.init(**kw)
 
 
+def ensure_inference(cfg: PipelineConfig) -> bool:
+    """Deploy the shared Inference app, or reuse the warm cluster's when its arguments match.
+    Returns True when it deployed."""
+    if "state" in WARM:
+        from affectstream.pipeline.runtime import warm
+
+        return warm.deploy_inference(cfg, WARM["state"])
+    start_inference(cfg)
+    return True
+
+
 def start_inference(cfg: PipelineConfig) -> Any:
-    """Deploy (or reuse) the shared Inference Serve app without an HTTP proxy; returns a handle."""
-    from ray import serve
+    """Deploy (or update) the shared Inference Serve app without an HTTP proxy; returns a handle
+    (:func:`pipeline.runtime.inference_app.deploy`)."""
+    from affectstream.pipeline.runtime.inference_app import deploy
 
-    from affectstream.pipeline.runtime.inference_app import Inference
-
-    quiet = {"log_level": "WARNING", "enable_access_log": False}
-    serve.start(proxy_location="Disabled", logging_config=quiet)
-    i = cfg.inference
-    n = i.num_replicas if i.num_replicas != "auto" else 1
-    app = Inference.options(num_replicas=n, logging_config=quiet,
-                            max_ongoing_requests=max(8, 2 * i.max_batch_size)).bind(
-        i.fer_model, i.saliency, i.au_model, i.device, i.half, i.torch_threads or 1,
-        i.max_batch_size, i.batch_wait_timeout_s)
-    return serve.run(app, name=APP_NAME, route_prefix=None, logging_config=quiet)
+    return deploy(cfg)
 
 
 def shutdown() -> None:
-    """Tear down Ray started by this process (its Serve apps go with it)."""
+    """Tear down Ray started by this process (its Serve apps go with it); from a joined warm
+    cluster, only disconnect (the cluster and its inference app stay up)."""
     ray.shutdown()
+    WARM.clear()

@@ -8,6 +8,7 @@ One request = one frame's face crops (DESIGN §4: a Serve call per single face c
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import numpy as np
 from ray import serve
@@ -62,3 +63,24 @@ class Inference:
 
     async def __call__(self, req: InferRequest) -> InferResult:
         return await self.infer(req)
+
+    async def infer_many(self, reqs: list[InferRequest]) -> list[InferResult]:
+        """Several requests in one call (a stream's :class:`~pipeline.runtime.coalesce.
+        Coalescer`); they join the same ``@serve.batch`` queue as single requests."""
+        return list(await asyncio.gather(*(self.infer(r) for r in reqs)))
+
+
+def deploy(cfg: Any) -> Any:
+    """Deploy (or update) the shared Inference app (``INFERENCE_APP``)
+    without an HTTP proxy, from a :class:`~pipeline.config.PipelineConfig`; returns its handle."""
+    from affectstream.pipeline.runtime.stream_actor import INFERENCE_APP
+
+    quiet = {"log_level": "WARNING", "enable_access_log": False}
+    serve.start(proxy_location="Disabled", logging_config=quiet)
+    i = cfg.inference
+    n = i.num_replicas if i.num_replicas != "auto" else 1
+    app = Inference.options(num_replicas=n, logging_config=quiet,
+                            max_ongoing_requests=max(8, 2 * i.max_batch_size)).bind(
+        i.fer_model, i.saliency, i.au_model, i.device, i.half, i.torch_threads or 1,
+        i.max_batch_size, i.batch_wait_timeout_s)
+    return serve.run(app, name=INFERENCE_APP, route_prefix=None, logging_config=quiet)

@@ -160,8 +160,12 @@ class StreamActor:
         handle = serve.get_deployment_handle("Inference", app_name=INFERENCE_APP)
         h, w = self.stage.crop.size
         await handle.remote(InferRequest(np.zeros((0, h, w), np.uint8), None))  # routing warm-up
+        from affectstream.pipeline.runtime.coalesce import Coalescer
+
+        many = handle.options(method_name="infer_many")
+        self.coalescer = Coalescer(lambda reqs: many.remote(reqs))
         self.runner = SessionRunner(
-            self.session_id, self.stage, self.builder, lambda req: handle.remote(req), self.sink,
+            self.session_id, self.stage, self.builder, self.coalescer, self.sink,
             window=self.cfg.max_in_flight, sink_retry=self.sink_retry,
             saliency_interval_ms=self.cfg.inference.saliency_interval_ms,
             on_result=self._collect)

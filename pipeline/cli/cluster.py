@@ -1,0 +1,57 @@
+"""``affectstream up`` / ``affectstream down``: keep a warm local cluster (Ray + the shared
+inference deployment) between runs (:mod:`affectstream.pipeline.runtime.warm`).
+
+Exit codes: 0 done; 1 Ray could not start or the port is taken; 2 a bad option or configuration.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import typer
+
+from affectstream.pipeline.cli.common import console, fail, load_config_or_fail, out, print_json, quiet_ray
+
+cluster_cli = typer.Typer(add_completion=False)
+
+
+@cluster_cli.command("up")
+def up(
+    config: Optional[str] = typer.Option(None, "--config", "-c",
+                                         help="YAML file or preset (the inference settings)."),
+    port: int = typer.Option(6390, "--port", min=1024, max=65535,
+                             help="GCS port of the warm Ray head (not 6379: Redis's)."),
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", min=1,
+                                           help="CPUs Ray may use (default: all)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the cluster as JSON on stdout."),
+) -> None:
+    """Start (or reuse) a warm local cluster: later `affectstream run`s join it (loopback only)."""
+    from affectstream.pipeline.runtime import warm
+
+    cfg = load_config_or_fail(config, {})
+    quiet_ray()
+    console.print("starting Ray and the inference deployment…")
+    t0 = time.perf_counter()
+    try:
+        st = warm.up(cfg, port=port, num_cpus=num_cpus)
+    except warm.WarmClusterError as e:
+        fail(str(e))
+    took = time.perf_counter() - t0
+    if as_json:
+        print_json({"address": st["address"], "reused": st["reused"], "up_s": round(took, 2)})
+    else:
+        what = "already running" if st["reused"] else "started"
+        out.print(f"warm cluster {what} at {st['address']} ({took:.1f} s); `affectstream run` joins "
+            "it, `affectstream down` stops it", highlight=False)
+
+
+@cluster_cli.command("down")
+def down() -> None:
+    """Stop the warm local cluster started by `affectstream up`."""
+    from affectstream.pipeline.runtime import warm
+
+    if warm.down():
+        out.print("warm cluster stopped")
+    else:
+        out.print("no warm cluster recorded")

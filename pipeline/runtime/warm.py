@@ -1,0 +1,212 @@
+"""A warm local cluster (``affectstream up`` / ``down``): Ray and the shared inference deployment
+kept running between ``affectstream run`` invocations, so a run only joins (no Ray start, no
+Serve deploy, no model load in the inference replica).
+
+``up`` starts a Ray head with ``ray start`` bound to 127.0.0.1 (loopback only, like the Ray a
+plain ``run`` starts, so token auth stays off), in its own temp dir, deploys the ``Inference``
+Serve app and records the cluster in :func:`state_path`::
+
+    {"address": "127.0.0.1:6390", "temp_dir": "/tmp/affectstream-ray-6390",
+     "inference": {...the Inference deployment's arguments...}, "started": epoch s}
+
+``run`` without ``RAY_ADDRESS`` joins that cluster when its GCS answers, and redeploys the
+inference app only when its arguments differ from the recorded ones. ``down`` stops exactly the
+processes of that cluster (those whose command line names its temp dir), not other Ray
+instances on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from affectstream.pipeline.config import PipelineConfig
+
+STATE_FILE = "warm-cluster.json"
+DEFAULT_PORT = 6390
+"""GCS port of the warm cluster (Ray's default 6379 is Redis's)."""
+
+
+class WarmClusterError(RuntimeError):
+    """The warm cluster could not be started or reached."""
+
+
+def state_path() -> Path:
+    """``$AFFECTSTREAM_STATE_DIR/warm-cluster.json``, else ``<project cache>/warm-cluster.json``
+    (``AFFECTSTREAM_CACHE_DIR`` or the user cache dir)."""
+    from affectstream.models.weights import cache_dir
+
+    d = os.environ.get("AFFECTSTREAM_STATE_DIR")
+    return (Path(d) if d else cache_dir()) / STATE_FILE
+
+
+def inference_args(cfg: PipelineConfig) -> dict[str, Any]:
+    """The arguments the ``Inference`` deployment is built with (what must match to reuse it)."""
+    i = cfg.inference
+    return {"code": code_digest(), "fer_model": i.fer_model, "saliency": i.saliency, "au_model": i.au_model,
+            "device": i.device, "half": i.half, "torch_threads": i.torch_threads or 1,
+            "max_batch_size": i.max_batch_size, "batch_wait_timeout_s": i.batch_wait_timeout_s,
+            "num_replicas": i.num_replicas if i.num_replicas != "auto" else 1}
+
+
+def code_digest() -> str:
+    """sha256 (16 hex) of the inference code (``operators/``, ``models/``, ``pipeline/runtime/``
+    sources): a warm inference replica running other code is redeployed, not reused."""
+    import hashlib
+
+    import affectstream.models
+    import affectstream.operators
+    import affectstream.pipeline.runtime
+
+    h = hashlib.sha256()
+    for pkg in (affectstream.operators, affectstream.models, affectstream.pipeline.runtime):
+        root = Path(pkg.__file__).parent
+        for p in sorted(root.rglob("*.py")):
+            h.update(str(p.relative_to(root)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _answers(address: str, timeout_s: float = 0.5) -> bool:
+    host, port = address.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def read_state() -> dict[str, Any] | None:
+    """The recorded warm cluster if its GCS port answers, else None (a stale file is removed).
+    The file is JSON with known keys; anything else in it is ignored."""
+    p = state_path()
+    try:
+        st = json.loads(p.read_text())
+        address = str(st["address"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not _answers(address):
+        p.unlink(missing_ok=True)
+        return None
+    return st
+
+
+def _ray_env() -> dict[str, str]:
+    from affectstream.pipeline.runtime.ray_net import LOOPBACK_ENV
+
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)
+    env[LOOPBACK_ENV] = "0"
+    env.setdefault("RAY_AUTH_MODE", "disabled")
+    return env
+
+
+def up(cfg: PipelineConfig, port: int = DEFAULT_PORT, num_cpus: int | None = None) -> dict:
+    """Start the warm cluster (or reuse the running one) and deploy inference into it.
+
+    Returns:
+        the recorded state (see the module docstring) plus ``"reused": bool``.
+
+    Raises:
+        WarmClusterError: ``ray start`` failed or the port is taken by something else.
+    """
+    st = read_state()
+    reused = st is not None
+    if st is None:
+        address = f"127.0.0.1:{port}"
+        if _answers(address):
+            raise WarmClusterError(f"port {port} is in use by something else; pass --port")
+        temp_dir = f"/tmp/affectstream-ray-{port}"
+        ray_bin = str(Path(sys.executable).with_name("ray"))
+        cmd = [ray_bin, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+               "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}",
+               f"--num-cpus={num_cpus or cfg.ray_num_cpus or os.cpu_count() or 1}"]
+        r = subprocess.run(cmd, env=_ray_env(), capture_output=True, text=True, timeout=120)
+        if r.returncode != 0:
+            tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise WarmClusterError(f"ray start failed (exit {r.returncode}): {tail[0]}")
+        st = {"address": address, "temp_dir": temp_dir, "started": time.time()}
+    join(st["address"])
+    try:
+        deploy_inference(cfg, st)
+    finally:
+        import ray
+
+        ray.shutdown()
+    state_path().parent.mkdir(parents=True, exist_ok=True)
+    state_path().write_text(json.dumps(st, indent=1))
+    return st | {"reused": reused}
+
+
+def join(address: str) -> None:
+    """Connect this process to the warm cluster at ``address`` as a loopback-only local Ray."""
+    import logging
+
+    import ray
+
+    from affectstream.pipeline.runtime.ray_net import loopback_only_ray
+
+    loopback_only_ray()
+    ray.init(address=address, include_dashboard=False, log_to_driver=True,
+             logging_level=logging.WARNING, configure_logging=True,
+             _node_ip_address="127.0.0.1")
+
+
+def deploy_inference(cfg: PipelineConfig, st: dict[str, Any]) -> bool:
+    """Deploy the inference app into the joined cluster unless the recorded one has the same
+    arguments; updates ``st["inference"]``. Returns True when it (re)deployed."""
+    from ray import serve
+
+    from affectstream.pipeline.runtime.inference_app import deploy
+    from affectstream.pipeline.runtime.stream_actor import INFERENCE_APP
+
+    want = inference_args(cfg)
+    if st.get("inference") == want:
+        try:
+            if serve.status().applications[INFERENCE_APP].status == "RUNNING":
+                return False
+        except (KeyError, AttributeError):
+            pass
+    deploy(cfg)
+    st["inference"] = want
+    return True
+
+
+def down() -> bool:
+    """Stop the warm cluster's processes (SIGTERM, then SIGKILL after 10 s) and forget it.
+    Returns False when none was recorded."""
+    import psutil
+
+    p = state_path()
+    try:
+        temp_dir = str(json.loads(p.read_text())["temp_dir"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    procs = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(temp_dir in a for a in proc.info["cmdline"] or []):
+                procs.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    # raylet/GCS first so workers are not restarted meanwhile
+    for proc in procs:
+        try:
+            proc.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=10)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    p.unlink(missing_ok=True)
+    return True
