@@ -29,6 +29,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from affectstream.pipeline.service.placement import AutoscalingConfig, ClusterConfig
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -97,7 +99,10 @@ class InferenceConfig(_Frozen):
         16, ge=1, description="Frames (Serve requests, each with all its faces) per batched forward.")
     batch_wait_timeout_s: float = Field(
         0.005, ge=0, description="How long Serve waits to fill a batch, seconds.")
-    num_replicas: int | Literal["auto"] = Field(1, description="Serve replicas of inference.")
+    num_replicas: int | Literal["auto"] = Field(
+        1, description="Serve replicas of inference; 'auto' = Serve autoscaling (`autoscaling`).")
+    autoscaling: AutoscalingConfig = Field(
+        AutoscalingConfig(), description="Inference autoscaling when num_replicas is 'auto'.")
     landmarks_batch: int = Field(16, ge=1, description="Faces per FaceMesh forward.")
 
 
@@ -221,6 +226,9 @@ class PipelineConfig(_Frozen):
     redis: RedisConfig = RedisConfig()
     kafka: KafkaConfig = KafkaConfig()
     api: ApiConfig = ApiConfig()
+    cluster: ClusterConfig = Field(
+        ClusterConfig(), description="Node groups and replica placement on a multi-node Ray "
+        "cluster (pipeline.service.placement); empty = Serve's default placement.")
     max_in_flight: int = Field(
         8, ge=1, description="Frames of one stream in flight at once (backpressure window).")
     ray_num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray; None = all.")

@@ -566,6 +566,9 @@ def create_app(redis_url: str | None = None, prefix: str = "affect",
                                           "X-Accel-Buffering": "no"})
 
     app.include_router(v1)
+    from affectstream.pipeline.api.cluster import cluster_router
+
+    app.include_router(cluster_router(require_token))  # GET /v1/cluster
 
     async def _redis_down(_req: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": f"redis unreachable: {type(exc).__name__}: {exc}"},

@@ -312,10 +312,20 @@ def bench(
         "end-to-end frames/s and publish-to-Redis latency."),
     bootstrap: Optional[str] = typer.Option(None, help="Kafka bootstrap (with --kafka)."),
     fps: float = typer.Option(15.0, help="Publish rate with --kafka, frames/s."),
+    autoscale: bool = typer.Option(
+        False, "--autoscale", help="Serve autoscaling of Inference under a load step of "
+        "--streams callers for --duration-s (config: inference.num_replicas auto; joins "
+        "RAY_ADDRESS): replicas over time."),
 ) -> None:
     """End-to-end frames/s, per-stage time per frame, p50/p99 frame-to-Redis latency."""
     from affectstream.operators.decode import is_live
     from affectstream.pipeline.bench.runtime import run_bench
+
+    if autoscale:
+        from affectstream.pipeline.bench.autoscale import autoscale_cli
+
+        return autoscale_cli(video, _config(config or "cluster", {}), streams, duration_s,
+                             output, as_json)
 
     if video is None:
         from affectstream.models.weights import artifact_path

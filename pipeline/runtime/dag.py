@@ -36,7 +36,11 @@ def init_ray(cfg: PipelineConfig) -> None:
     rewrite off). Token auth is off only there (nothing beyond this machine can connect), unless
     ``RAY_AUTH_MODE`` is set explicitly.
 
-    Joining a cluster (``RAY_ADDRESS`` set, e.g. ``ray://head:10001`` or ``auto``): token auth
+    Joining a loopback cluster (``RAY_ADDRESS=127.0.0.1:PORT``, e.g. the multi-node cluster of
+    ``k8s/local-cluster.sh``): joined as a loopback-only local Ray (this process's node address
+    127.0.0.1, token auth off unless ``RAY_AUTH_MODE`` is set).
+
+    Joining another cluster (``RAY_ADDRESS`` set, e.g. ``ray://head:10001`` or ``auto``): token auth
     is on (``RAY_AUTH_MODE=token`` unless set; the token comes from ``RAY_AUTH_TOKEN``,
     ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``, as for any Ray client).
 
@@ -50,7 +54,8 @@ def init_ray(cfg: PipelineConfig) -> None:
     kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
                           "logging_level": logging.WARNING, "configure_logging": True}
     address = os.environ.get("RAY_ADDRESS", "").strip()
-    from affectstream.pipeline.runtime.ray_net import check_cluster_auth, loopback_only_ray
+    from affectstream.pipeline.runtime.ray_net import (check_cluster_auth, loopback_address,
+                                                       loopback_only_ray)
 
     if not address:
         from affectstream.pipeline.runtime import warm
@@ -61,7 +66,10 @@ def init_ray(cfg: PipelineConfig) -> None:
             WARM["state"] = st
             return
 
-    if address:
+    if address and loopback_address(address):  # e.g. k8s/local-cluster.sh's nodes
+        loopback_only_ray()
+        kw["_node_ip_address"] = "127.0.0.1"
+    elif address:
         check_cluster_auth(address, os.environ)
         os.environ.setdefault("RAY_AUTH_MODE", "token")
     else:

@@ -77,10 +77,10 @@ def deploy(cfg: Any) -> Any:
 
     quiet = {"log_level": "WARNING", "enable_access_log": False}
     serve.start(proxy_location="Disabled", logging_config=quiet)
+    from affectstream.pipeline.service.options import inference_options
+
     i = cfg.inference
-    n = i.num_replicas if i.num_replicas != "auto" else 1
-    app = Inference.options(num_replicas=n, logging_config=quiet,
-                            max_ongoing_requests=max(8, 2 * i.max_batch_size)).bind(
+    app = Inference.options(**inference_options(cfg), logging_config=quiet).bind(
         i.fer_model, i.saliency, i.au_model, i.device, i.half, i.torch_threads or 1,
         i.max_batch_size, i.batch_wait_timeout_s)
     return serve.run(app, name=INFERENCE_APP, route_prefix=None, logging_config=quiet)

@@ -42,6 +42,15 @@ def check_cluster_auth(address: str, env: Mapping[str, str]) -> None:
             "token with RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)")
 
 
+def loopback_address(address: str) -> bool:
+    """True when ``RAY_ADDRESS`` (``host:port`` or ``ray://host:port``) names a loopback host."""
+    from affectstream.pipeline.api.app import is_loopback
+
+    if address in ("auto", "local"):
+        return False
+    return is_loopback(address.split("://", 1)[-1].rsplit(":", 1)[0])
+
+
 def loopback_only_ray() -> None:
     """Configure this process, and the Ray processes it starts, for a loopback-only local Ray:
     no 127.0.0.1 -> node-IP rewrite, and token auth off unless ``RAY_AUTH_MODE`` is set."""

@@ -92,8 +92,9 @@ def build_app(args: dict[str, Any] | None = None) -> Any:
     opts: dict[str, Any] = {"max_ongoing_requests": cfg.api.max_sse_connections + EXTRA_REQUESTS}
     if args.get("num_replicas") is not None:
         opts["num_replicas"] = args["num_replicas"]
-    if args.get("num_cpus") is not None:
-        opts["ray_actor_options"] = {"num_cpus": float(args["num_cpus"])}
+    from affectstream.pipeline.service.options import api_actor_options
+
+    opts["ray_actor_options"] = api_actor_options(cfg, args.get("num_cpus"))
     overrides = {k: v for k, v in args.items() if k not in ("num_replicas", "num_cpus")}
     handles: dict[str, Any] = {}
     if ingest:

@@ -110,14 +110,12 @@ def service_deployments(cfg: PipelineConfig, config: str | None,
     :func:`pipeline.api.app.build_app`). ``config``/``overrides`` travel to the replicas, which
     resolve them in their own environment; ``cfg`` (resolved by the caller) sizes them."""
     from affectstream.pipeline.runtime.inference_app import Inference
+    from affectstream.pipeline.service.options import inference_options, ingest_options
 
     i = cfg.inference
-    inference = Inference.options(
-        num_replicas=i.num_replicas, max_ongoing_requests=max(8, 2 * i.max_batch_size),
-        user_config={"max_batch_size": i.max_batch_size,
-                     "batch_wait_timeout_s": i.batch_wait_timeout_s},
-    ).bind(i.fer_model, i.saliency, i.au_model, i.device, i.half, i.torch_threads or 1,
-           i.max_batch_size, i.batch_wait_timeout_s)
-    ingest = KafkaIngest.options(num_replicas=cfg.kafka.consumers).bind(
+    inference = Inference.options(**inference_options(cfg)).bind(
+        i.fer_model, i.saliency, i.au_model, i.device, i.half, i.torch_threads or 1,
+        i.max_batch_size, i.batch_wait_timeout_s)
+    ingest = KafkaIngest.options(**ingest_options(cfg)).bind(
         config, overrides, inference=inference)
     return {"inference": inference, "ingest": ingest}

@@ -112,8 +112,11 @@ def start_service(cfg: PipelineConfig, *, app_name: str = APP_NAME,
 
     args: dict[str, Any] = {"config_json": without_secrets(cfg).model_dump_json(),
                             "host": cfg.api.host}
+    from affectstream.pipeline.runtime.ray_net import loopback_address
+
     sdir = None
-    if not os.environ.get("RAY_ADDRESS"):
+    address = os.environ.get("RAY_ADDRESS", "").strip()
+    if not address or loopback_address(address):  # every node is on this machine
         sdir = tempfile.mkdtemp(prefix="affectstream-secrets-")
         if write_secrets_dir(cfg, sdir):
             args["secrets_dir"] = sdir
