@@ -134,8 +134,9 @@ class AutoscalingConfig(_Frozen):
                                    "target before a replica is added, seconds.")
     downscale_delay_s: float = Field(600.0, ge=0, description="How long it must stay below "
                                      "before one is removed, seconds.")
-    look_back_period_s: float = Field(30.0, gt=0, description="Window the in-flight count is "
-                                      "averaged over, seconds.")
+    look_back_period_s: float = Field(30.0, gt=10, description="Window the in-flight count is "
+                                      "averaged over, seconds (more than Serve's 10 s metrics "
+                                      "interval).")
 
     @model_validator(mode="after")
     def _bounds(self) -> AutoscalingConfig:
@@ -150,3 +151,18 @@ class AutoscalingConfig(_Frozen):
         """The Serve ``autoscaling_config`` mapping (``initial_replicas`` only when set)."""
         out = self.model_dump(exclude_none=True)
         return out
+
+
+def selector_matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    """Whether a node with ``labels`` satisfies a Ray label ``selector`` (every key: ``v``
+    equals, ``!v`` differs or is absent, ``in(a,b)`` one of, ``!in(a,b)`` none of)."""
+    for key, want in selector.items():
+        neg = want.startswith("!")
+        want = want[1:] if neg else want
+        if want.startswith("in(") and want.endswith(")"):
+            values = {v.strip() for v in want[3:-1].split(",")}
+        else:
+            values = {want}
+        if (labels.get(key) in values) == neg:
+            return False
+    return True
