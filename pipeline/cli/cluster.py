@@ -11,7 +11,8 @@ from typing import Optional
 
 import typer
 
-from affectstream.pipeline.cli.common import console, fail, load_config_or_fail, out, print_json, quiet_ray
+from affectstream.pipeline.cli.common import (console, fail, load_config_or_fail, out, print_json,
+                                              quiet_ray)
 
 cluster_cli = typer.Typer(add_completion=False)
 
@@ -55,3 +56,48 @@ def down() -> None:
         out.print("warm cluster stopped")
     else:
         out.print("no warm cluster recorded")
+
+
+@cluster_cli.command("status")
+def status(
+    url: str = typer.Option("http://127.0.0.1:8000", "--url",
+                            help="Base URL of the service's API."),
+    as_json: bool = typer.Option(False, "--json", help="Print /v1/cluster as JSON."),
+) -> None:
+    """Ray nodes of the running service (address, labels, resources, alive) and which Serve
+    replicas and actors run on each (GET /v1/cluster; token from AFFECTSTREAM_API_TOKEN)."""
+    import os
+
+    import httpx
+
+    token = os.environ.get("AFFECTSTREAM_API_TOKEN")
+    try:
+        r = httpx.get(url.rstrip("/") + "/v1/cluster", timeout=30,
+                      headers={"Authorization": f"Bearer {token}"} if token else None)
+    except httpx.HTTPError as e:
+        fail(f"{url}: {type(e).__name__}: {e}")
+    if r.status_code != 200:
+        fail(f"{url}/v1/cluster answered {r.status_code}: {r.text[:200]}")
+    view = r.json()
+    if as_json:
+        print_json(view)
+        return
+    out.print(cluster_table(view))
+
+
+def cluster_table(view: dict) -> "Table":  # noqa: F821
+    """A rich table of :func:`pipeline.api.cluster.cluster_view`: one row per node."""
+    from rich.table import Table
+
+    t = Table(title="affectstream cluster")
+    for c in ("node", "address", "alive", "labels", "CPU", "GPU", "replicas", "actors"):
+        t.add_column(c)
+    for n in view["nodes"]:
+        res = n["resources"]
+        t.add_row(n["node_id"][:8] + (" (head)" if n["head"] else ""), n["address"],
+                  "yes" if n["alive"] else "DEAD",
+                  ",".join(f"{k}={v}" for k, v in sorted(n["labels"].items())),
+                  f"{res.get('CPU', 0):g}", f"{res.get('GPU', 0):g}",
+                  " ".join(f"{k}x{v}" for k, v in sorted(n["replicas"].items())),
+                  str(sum(n["actors"].values())))
+    return t

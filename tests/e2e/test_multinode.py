@@ -64,6 +64,31 @@ def _tail(path: Path, n: int = 40) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
 
 
+def _listening_beyond_loopback(root: Path) -> list[tuple[str, str, int]]:
+    """``(process name, ip, port)`` of the listening TCP sockets of the cluster's processes
+    (every node, its workers and Serve replicas) that are not on a loopback address."""
+    import ipaddress
+
+    import psutil
+
+    from affectstream.pipeline.runtime.local_cluster import node_processes
+
+    pids = {}
+    for p in node_processes(str(root)):
+        try:
+            pids[p.pid] = p.name()
+        except psutil.Error:
+            pass
+    assert len(pids) > 10, "the cluster's processes were not found"
+    out = []
+    for c in psutil.net_connections(kind="inet"):
+        if c.status == psutil.CONN_LISTEN and c.pid in pids:
+            a = ipaddress.ip_address(c.laddr.ip.split("%")[0])
+            if not (getattr(a, "ipv4_mapped", None) or a).is_loopback:
+                out.append((pids[c.pid], c.laddr.ip, c.laddr.port))
+    return out
+
+
 def _view(url: str) -> dict:
     r = httpx.get(url + "/v1/cluster", timeout=30)
     r.raise_for_status()
@@ -145,6 +170,10 @@ def test_killing_a_worker_node_mid_stream_loses_and_doubles_nothing(
         assert where == {"QueryAPI": {"head"}, "KafkaIngest": {"ingest-1"},
                          "Inference": {"inference-1"}}, where
 
+        # every node listens on loopback only (no token auth on this cluster)
+        exposed = _listening_beyond_loopback(root)
+        assert not exposed, f"cluster sockets beyond loopback: {exposed}"
+
         produce(kafka_broker, cfg.kafka.topic, interleave(*msgs.values()))
         while progress() < 0.3:
             assert proc.poll() is None, f"serve exited {proc.returncode}:\n{_tail(log)}"
@@ -186,6 +215,9 @@ def test_killing_a_worker_node_mid_stream_loses_and_doubles_nothing(
         survivor = ({"ingest-1", "inference-1"} - {victim}).pop()
         assert after == {"QueryAPI": {"head"}, "KafkaIngest": {survivor},
                          "Inference": {survivor}}, after
+        st = subprocess.run([sys.executable, "-m", "affectstream.pipeline.cli.main", "status",
+                             "--url", url], capture_output=True, text=True, timeout=120)
+        assert st.returncode == 0 and "DEAD" in st.stdout, st.stdout + st.stderr
         sid = next(iter(want))
         assert httpx.get(f"{url}/v1/sessions/{sid}", timeout=10).status_code == 200
     finally:
