@@ -118,7 +118,7 @@ def _port_free(port: int) -> bool:
 
 
 def up(cluster: ClusterConfig, port: int = DEFAULT_PORT, root: str | Path | None = None,
-       object_store_mb: int = 256, log: Any = None) -> dict[str, Any]:
+       object_store_mb: int = 256, log: Any = None, attempts: int = 3) -> dict[str, Any]:
     """Start the head and every worker node of ``cluster.groups``; returns the state (module
     docstring), also written to ``<root>/cluster.json``.
 
@@ -128,6 +128,7 @@ def up(cluster: ClusterConfig, port: int = DEFAULT_PORT, root: str | Path | None
         root: directory of the nodes' temp dirs; default :func:`default_root`.
         object_store_mb: object store of each node, MiB.
         log: ``log(str)`` for each command run (e.g. ``print``).
+        attempts: tries per node (a node whose raylet registers late is started again).
 
     Raises:
         LocalClusterError: port 6379, a port of the cluster already taken, or ``ray start``
@@ -148,13 +149,23 @@ def up(cluster: ClusterConfig, port: int = DEFAULT_PORT, root: str | Path | None
     state: dict[str, Any] = {"address": f"127.0.0.1:{port}", "root": str(root), "nodes": []}
     for i, (name, gname, group) in enumerate(nodes):
         cmd = start_command(ray_cmd, name, group, i, port, root, object_store_mb)
-        if log:
-            log(" ".join(cmd))
-        r = subprocess.run(cmd, env=ray_env(), capture_output=True, text=True, timeout=180)
-        if r.returncode != 0:
+        for attempt in range(1, attempts + 1):
+            if log:
+                log(" ".join(cmd))
+            r = subprocess.run(cmd, env=ray_env(), capture_output=True, text=True, timeout=300)
+            if r.returncode == 0:
+                break
             tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
-            down(root)
-            raise LocalClusterError(f"ray start of {name} failed (exit {r.returncode}): {tail[0]}")
+            # Ray waits a fixed 30 s for a new raylet to register: on a loaded machine it may
+            # be late; clear this node's processes and start it again
+            _kill_all(node_processes(str(root / name), state["address"] if i == 0 else None))
+            if attempt == attempts:
+                down(root)
+                raise LocalClusterError(f"ray start of {name} failed (exit {r.returncode}, "
+                                        f"{attempts} attempts): {tail[0]}")
+            if log:
+                log(f"# ray start of {name} failed ({tail[0]}); again")
+            time.sleep(2)
         state["nodes"].append({"name": name, "group": gname, "temp_dir": str(root / name),
                                "node_manager_port": node_ports(port, i)["node-manager-port"],
                                "labels": dict(group.labels), "resources": dict(group.resources)})
@@ -198,6 +209,17 @@ def node_processes(temp_dir: str, address: str | None = None) -> list[Any]:
     return list(found.values())
 
 
+def _kill_all(procs: list[Any]) -> list[int]:
+    pids = []
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGKILL)
+            pids.append(p.pid)
+        except Exception:  # noqa: BLE001  (gone meanwhile)
+            continue
+    return pids
+
+
 def kill_node(root: str | Path, name: str) -> list[int]:
     """SIGKILL every process of worker node ``name`` (raylet, its workers and agents) at once,
     as a machine loss would; returns the pids killed.
@@ -214,14 +236,7 @@ def kill_node(root: str | Path, name: str) -> list[int]:
     procs = node_processes(nodes[name]["temp_dir"])
     if not procs:
         raise LocalClusterError(f"no process of node {name} found (already gone?)")
-    pids = []
-    for p in procs:
-        try:
-            p.send_signal(signal.SIGKILL)
-            pids.append(p.pid)
-        except Exception:  # noqa: BLE001  (gone meanwhile)
-            continue
-    return pids
+    return _kill_all(procs)
 
 
 def down(root: str | Path, timeout_s: float = 15.0) -> int:
