@@ -124,8 +124,8 @@ def up(cfg: PipelineConfig, port: int = DEFAULT_PORT, num_cpus: int | None = Non
         if _answers(address):
             raise WarmClusterError(f"port {port} is in use by something else; pass --port")
         temp_dir = f"/tmp/affectstream-ray-{port}"
-        ray_bin = str(Path(sys.executable).with_name("ray"))
-        cmd = [ray_bin, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+        # Ray's CLI through this interpreter: no `ray` script needs to sit beside it
+        cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
                "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}",
                f"--num-cpus={num_cpus or cfg.ray_num_cpus or os.cpu_count() or 1}"]
         r = subprocess.run(cmd, env=_ray_env(), capture_output=True, text=True, timeout=120)
