@@ -99,6 +99,13 @@ class InferenceConfig(_Frozen):
         0.005, ge=0, description="How long Serve waits to fill a batch, seconds.")
     num_replicas: int | Literal["auto"] = Field(1, description="Serve replicas of inference.")
     landmarks_batch: int = Field(16, ge=1, description="Faces per FaceMesh forward.")
+    stream_batch_frames: int = Field(
+        4, ge=1, le=64, description="Frames of one stream sent per inference call: a call waits "
+        "(at most stream_linger_ms) until this many are queued, so one stream's frames share a "
+        "forward and the call's fixed cost (1 = a call per frame).")
+    stream_linger_ms: float = Field(
+        30.0, ge=0, le=1000, description="Longest wait for stream_batch_frames (ms of wall "
+        "time): the latency a lone frame may add.")
 
 
 class SmoothConfig(_Frozen):
