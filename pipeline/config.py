@@ -94,9 +94,10 @@ class InferenceConfig(_Frozen):
     half: bool = Field(False, description="fp16 inference on CUDA.")
     torch_threads: int = Field(0, ge=0, description="Torch intra-op threads; 0 = one per core.")
     max_batch_size: int = Field(
-        16, ge=1, description="Frames (Serve requests, each with all its faces) per batched forward.")
+        16, ge=1, description="Inference calls per batched forward (a call: one frame, or "
+        "stream_batch_frames frames of one stream, each with all its faces).")
     batch_wait_timeout_s: float = Field(
-        0.005, ge=0, description="How long Serve waits to fill a batch, seconds.")
+        0.01, ge=0, description="How long Serve waits to fill a batch, seconds.")
     num_replicas: int | Literal["auto"] = Field(1, description="Serve replicas of inference.")
     landmarks_batch: int = Field(16, ge=1, description="Faces per FaceMesh forward.")
     stream_batch_frames: int = Field(
@@ -104,7 +105,7 @@ class InferenceConfig(_Frozen):
         "(at most stream_linger_ms) until this many are queued, so one stream's frames share a "
         "forward and the call's fixed cost (1 = a call per frame).")
     stream_linger_ms: float = Field(
-        30.0, ge=0, le=1000, description="Longest wait for stream_batch_frames (ms of wall "
+        50.0, ge=0, le=1000, description="Longest wait for stream_batch_frames (ms of wall "
         "time): the latency a lone frame may add.")
 
 
