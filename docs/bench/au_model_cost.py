@@ -38,6 +38,16 @@ def _median_ms(fn, reps: list, warm: int = 2) -> float:
     return float(np.median(ts))
 
 
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("-o", "--output")
@@ -63,8 +73,8 @@ def main() -> None:
     v2 = FaceMeshV2Landmarker(max_batch_size=16, blendshapes=False)
     heads = LandmarkAnalyzer()
     geo = GeometricAU()
-    out: dict = {"machine": f"{platform.processor() or platform.machine()}, "
-                            f"{os.cpu_count()} cores", "torch_threads": 1, "faces": len(items)}
+    out: dict = {"machine": f"{_cpu_name()}, {os.cpu_count()} cores", "torch_threads": 1,
+                 "faces": len(items)}
     out["facemesh_v1_ms"] = _median_ms(lambda it: v1([it[0]], [it[1]], [it[2]]), items)
     out["facemesh_v2_ms"] = _median_ms(lambda it: v2([it[0]], [it[1]], [it[2]]), items)
     lm1 = np.concatenate([v1([f], [b], [k])[0].landmarks for f, b, k in items])
@@ -83,6 +93,7 @@ def main() -> None:
         df = affectstream.analyze_video(clip, max_frames=args.frames, au_model=model)
         out[f"pipeline_{model}_ms_per_frame"] = (time.perf_counter() - t0) * 1000 / args.frames
         out[f"pipeline_{model}_rows"] = len(df)
+    out["load_avg_1min_at_end"] = os.getloadavg()[0]  # other jobs share these 2 cores
     out = {k: round(v, 2) if isinstance(v, float) else v for k, v in out.items()}
     text = json.dumps(out, indent=2)
     print(text)
