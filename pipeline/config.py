@@ -83,7 +83,15 @@ class TrackConfig(_Frozen):
 class InferenceConfig(_Frozen):
     fer_model: str = Field("mini_xception", description="Registry id or checkpoint path (.pt).")
     au_model: str = Field(
-        "geometric", description="'geometric' (landmark AU estimator) or a registry id / .pt path.")
+        "blendshape", description="AU source. 'blendshape' (default): FaceMesh V2 (478 3-D "
+        "points) in the face-track stage, then blendshapes -> 12 AU intensities + presence, head "
+        "pose and gaze in the batched inference; single-frame, no warm-up. 'geometric' (faster "
+        "preset `configs/fast.yaml`): FaceMesh (468 points) distances vs a per-track neutral "
+        "baseline, no presence/pose/gaze. Or a registry id / .pt path of a crop-based AU network. "
+        "Cost per face and quality: docs/au_models.md.")
+    store_landmarks: bool = Field(
+        False, description="Store each face's landmarks in its timeline point (Redis field "
+        "`landmarks`; 478x3 frame pixels with 'blendshape', 468x2 otherwise; ~9 kB per point).")
     saliency: Literal["gradcam", "off"] = Field(
         "gradcam", description="Per-face saliency: Grad-CAM of the expression model, or off.")
     saliency_interval_ms: int = Field(

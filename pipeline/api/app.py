@@ -151,6 +151,20 @@ class Point(BaseModel):
                                        description="Face region -> mean saliency in [0, 1].")
     valence: float | None = Field(None, description="In [-1, 1].")
     arousal: float | None = Field(None, description="In [-1, 1].")
+    au_presence: dict[str, int] = Field(
+        default_factory=dict, description="AU id -> 0/1 occurrence on this frame (AU model "
+        "'blendshape': intensity >= 2.0 before smoothing); empty for other AU models.")
+    yaw: float | None = Field(None, description="Head yaw, degrees (> 0: face turned toward "
+                              "the image's right).")
+    pitch: float | None = Field(None, description="Head pitch, degrees (> 0: chin up).")
+    roll: float | None = Field(None, description="Head roll, degrees (> 0: counter-clockwise "
+                               "in the image).")
+    gaze_yaw: float | None = Field(None, description="Gaze yaw, degrees, camera frame (head + "
+                                   "eyes from the iris points; uncalibrated, coarse).")
+    gaze_pitch: float | None = Field(None, description="Gaze pitch, degrees (weaker than yaw).")
+    landmarks: list[list[float]] | None = Field(
+        None, description="Face landmarks, frame pixels: 478 x [x, y, z] (FaceMesh V2) or 468 x "
+        "[x, y]; only with inference.store_landmarks.")
 
 
 class Timeline(BaseModel):
@@ -207,7 +221,10 @@ def point_out(p: TimelinePoint) -> Point:
                  emotion_probs=p.emotion_probs, au_intensity=p.au_intensity,
                  bbox_xyxy=None if any(math.isnan(v) for v in box) else box,
                  det_score=_num(p.det_score), saliency=p.saliency, valence=_num(p.valence),
-                 arousal=_num(p.arousal))
+                 arousal=_num(p.arousal), au_presence=p.au_presence, yaw=_num(p.yaw),
+                 pitch=_num(p.pitch), roll=_num(p.roll), gaze_yaw=_num(p.gaze_yaw),
+                 gaze_pitch=_num(p.gaze_pitch),
+                 landmarks=None if p.landmarks is None else p.landmarks.tolist())
 
 
 def summary_out(s: TrackSummary) -> TrackSummaryOut:

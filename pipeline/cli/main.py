@@ -102,7 +102,8 @@ def run(
     analysis_fps: Optional[float] = typer.Option(None, help="Frames/s analysed (media time)."),
     config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML file or preset."),
     fer_model: Optional[str] = typer.Option(None, help="Registry id or checkpoint .pt."),
-    au_model: Optional[str] = typer.Option(None, help="'geometric', registry id or .pt."),
+    au_model: Optional[str] = typer.Option(
+        None, help="'blendshape' (default), 'geometric' (faster), registry id or .pt."),
     max_frames: Optional[int] = typer.Option(None, help="Stop each stream after N frames."),
     allow_untrained: bool = typer.Option(
         False, "--allow-untrained", help="Run a model that has no trained weights (random "

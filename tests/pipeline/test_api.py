@@ -126,7 +126,32 @@ def test_timeline_point_content(client):
         "track_id": 1, "ts_ms": 10_000, "pts_ms": 0, "emotion": "happiness",
         "emotion_probs": {"happiness": 0.8, "neutral": 0.2},
         "au_intensity": {"AU06": 0.5, "AU12": 1.0}, "bbox_xyxy": [10.0, 20.0, 110.0, 140.0],
-        "det_score": 0.95, "saliency": {"mouth": 0.5}, "valence": 0.2, "arousal": None}]
+        "det_score": 0.95, "saliency": {"mouth": 0.5}, "valence": 0.2, "arousal": None,
+        # points without presence / pose (geometric AUs, or stored before they existed)
+        "au_presence": {}, "yaw": None, "pitch": None, "roll": None, "gaze_yaw": None,
+        "gaze_pitch": None, "landmarks": None}]
+
+
+def test_timeline_point_with_presence_pose_gaze_and_landmarks(redis_url):
+    import dataclasses
+
+    import numpy as np
+
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    sink = RedisSink(r)
+    sink.start_session("s3", source="clip.mp4")
+    lm = np.array([[1.25, 2.0, -3.0], [4.0, 5.5, 6.0]], np.float32)
+    pt = dataclasses.replace(_pt("s3", 1, 30_000, "happiness", 3.0, 1.0),
+                             au_presence={"AU06": 0, "AU12": 1}, yaw=-10.5, pitch=4.25,
+                             roll=1.0, gaze_yaw=-20.0, gaze_pitch=2.5, landmarks=lm)
+    sink.write([pt])
+    with TestClient(create_app(redis_url)) as c:
+        body = ok(c, "/v1/sessions/s3/timeline", "/v1/sessions/{sid}/timeline")
+    got = body["points"][0]
+    assert got["au_presence"] == {"AU06": 0, "AU12": 1}
+    assert (got["yaw"], got["pitch"], got["roll"]) == (-10.5, 4.25, 1.0)
+    assert (got["gaze_yaw"], got["gaze_pitch"]) == (-20.0, 2.5)
+    assert np.allclose(got["landmarks"], lm, atol=0.05)
 
 
 def test_summary_matches_hand_computed_values(client):
