@@ -368,6 +368,7 @@ def bench(
 
 def _mount() -> None:
     from affectstream.pipeline.cli.analyze import analyze_app
+    from affectstream.pipeline.cli.bench_curve import bench_curve_cli
     from affectstream.pipeline.cli.cluster import cluster_cli
     from affectstream.pipeline.cli.eval_au import eval_au_cli
     from affectstream.pipeline.cli.kafka import kafka_cli
@@ -377,7 +378,8 @@ def _mount() -> None:
 
     app.add_typer(analyze_app, name="analyze")
     app.add_typer(sessions_app, name="sessions")
-    for sub in (data_cli, overlay_cli, kafka_cli, train_cli, eval_au_cli, cluster_cli):  # publish, serve, train, eval as top-level commands
+    for sub in (data_cli, overlay_cli, kafka_cli, train_cli, eval_au_cli, cluster_cli,
+                bench_curve_cli):  # publish, serve, train, eval as top-level commands
         app.registered_commands.extend(sub.registered_commands)
 
 

@@ -148,7 +148,8 @@ def test_two_sessions_share_inference_forwards(cfg, analyzer, frames):
     sink, results = ListSink(), []
 
     async def main():
-        infer = LocalInference(analyzer, max_batch_size=8)
+        # a forward waits 0.2 s for company: the two sessions' frames, submitted together, meet
+        infer = LocalInference(analyzer, max_batch_size=8, batch_wait_s=0.2)
         base = new_stage(cfg)
         runners = [SessionRunner(sid, new_stage(cfg, base), new_builder(cfg, analyzer.labels),
                                  infer, sink, window=4, on_result=results.append)
