@@ -44,6 +44,7 @@ from affectstream.pipeline.metrics import aggregate as metrics_agg  # noqa: F401
 from affectstream.pipeline import metrics  # noqa: F401  (metrics: registers the families)
 from affectstream.pipeline.kafka.envelope import SESSION_ID_PATTERN
 from affectstream.pipeline.store.redis_store import Keys, TimelineStore, TrackSummary, connect
+from affectstream.pipeline.web import add_web_routes
 
 API_VERSION = "1"
 
@@ -328,6 +329,7 @@ def create_app(redis_url: str | None = None, prefix: str = "affect",
 
     app = FastAPI(
         title="affectstream query API", version=API_VERSION, lifespan=lifespan,
+        docs_url=None, redoc_url=None,  # served from local files by add_web_routes
         description="Per-face emotion and action-unit timelines of video sessions, from Redis. "
         "Times are epoch milliseconds; AU intensities are on the FACS 0–5 scale.")
 
@@ -583,6 +585,7 @@ def create_app(redis_url: str | None = None, prefix: str = "affect",
                                           "X-Accel-Buffering": "no"})
 
     app.include_router(v1)
+    add_web_routes(app)  # dashboard at /, Swagger UI at /docs, ReDoc at /redoc (no CDN)
 
     async def _redis_down(_req: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": f"redis unreachable: {type(exc).__name__}: {exc}"},
