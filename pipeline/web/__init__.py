@@ -29,6 +29,15 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 DASHBOARD_ASSETS = "/dashboard-assets"
 DOCS_ASSETS = "/docs-assets"
 
+_CSP_COMMON = ("default-src 'self'; img-src 'self' data:; font-src 'self' data:; connect-src 'self'; "
+               "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+CSP_DASHBOARD = f"{_CSP_COMMON}; script-src 'self'; style-src 'self'"
+"""Content-Security-Policy of the dashboard: nothing but this API's own files and data."""
+CSP_DOCS = (f"{_CSP_COMMON}; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+            "worker-src 'self' blob:")
+"""Of Swagger UI and ReDoc: their inline start-up script and styles, ReDoc's search worker; the
+browser fetches nothing from another host (e.g. the logo ReDoc's footer links from its CDN)."""
+
 
 class WebAssetsError(RuntimeError):
     """A file the web pages need is missing from the installation."""
@@ -56,6 +65,11 @@ def _root(request: Request) -> str:
     return str(request.scope.get("root_path", "")).rstrip("/")
 
 
+def _with_csp(resp: HTMLResponse) -> HTMLResponse:
+    resp.headers["Content-Security-Policy"] = CSP_DOCS
+    return resp
+
+
 def add_web_routes(app: FastAPI) -> None:
     """Add the dashboard (``/``), Swagger UI (``/docs``) and ReDoc (``/redoc``) to ``app``, which
     must be built with ``docs_url=None, redoc_url=None``. None of these pages needs the bearer
@@ -76,23 +90,24 @@ def add_web_routes(app: FastAPI) -> None:
     @app.get("/", include_in_schema=False, response_class=HTMLResponse)
     async def dashboard(request: Request) -> HTMLResponse:
         return HTMLResponse(page.replace("{{ROOT}}", _root(request)),
-                            headers={"Cache-Control": "no-cache"})
+                            headers={"Cache-Control": "no-cache",
+                                     "Content-Security-Policy": CSP_DASHBOARD})
 
     @app.get("/docs", include_in_schema=False, response_class=HTMLResponse)
     async def swagger_ui(request: Request) -> HTMLResponse:
         root = _root(request)
-        return get_swagger_ui_html(
+        return _with_csp(get_swagger_ui_html(
             openapi_url=root + openapi_url, title=f"{app.title} - Swagger UI",
             swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
             swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
             swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
             # no badge image from the public validator service
-            swagger_ui_parameters={"validatorUrl": None, "persistAuthorization": True})
+            swagger_ui_parameters={"validatorUrl": None, "persistAuthorization": True}))
 
     @app.get("/redoc", include_in_schema=False, response_class=HTMLResponse)
     async def redoc(request: Request) -> HTMLResponse:
         root = _root(request)
-        return get_redoc_html(
+        return _with_csp(get_redoc_html(
             openapi_url=root + openapi_url, title=f"{app.title} - ReDoc",
             redoc_js_url=f"{root}{DOCS_ASSETS}/redoc.standalone.js",
-            redoc_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png", with_google_fonts=False)
+            redoc_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png", with_google_fonts=False))
