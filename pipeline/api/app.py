@@ -264,6 +264,26 @@ def _once(fn: Any) -> Any:
 # app
 
 
+def _sse_event(name: str, data: dict[str, Any], with_id: bool = False) -> dict[str, Any]:
+    props: dict[str, Any] = {
+        "event": {"const": name}, "retry": {"type": "integer", "description": "Reconnect delay, ms."},
+        "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": data}}
+    if with_id:
+        props["id"] = {"type": "string", "pattern": "^[0-9]+$", "description": "ts_ms of the point."}
+    return {"type": "object", "properties": props,
+            "required": ["event", "data", *(["id"] if with_id else [])]}
+
+
+SSE_EVENT_SCHEMA = {"oneOf": [
+    _sse_event("ready", {"type": "object", "properties": {
+        "session_id": {"type": "string"}, "tracks": {"type": "array", "items": {"type": "integer"}}}}),
+    _sse_event("point", {"$ref": "#/components/schemas/Point"}, with_id=True),
+    _sse_event("end", {"type": "object", "properties": {"status": {"type": "string"}}}),
+    _sse_event("timeout", {"type": "object", "properties": {"sent": {"type": "integer"}}}),
+]}
+"""One server-sent event of ``/live`` (OpenAPI 3.1: a text/event-stream ``schema`` describes one
+event); ``data`` is JSON text whose shape ``contentSchema`` gives."""
+
 SessionId = Annotated[str, Path(pattern=SESSION_ID_PATTERN, description="Session id.")]
 _NOT_FOUND = {404: {"model": ErrorOut, "description": "Unknown session."}}
 
@@ -373,8 +393,10 @@ def create_app(redis_url: str | None = None, prefix: str = "affect",
         body, ctype = metrics_agg.render_merged(client, prefix)
         return Response(body, media_type=ctype)
 
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_token)], tags=["sessions"],
-                   responses={401: {"model": ErrorOut, "description": "Bad or missing token."}})
+    # the bearer scheme is declared (and enforced) only when a token is configured
+    v1 = APIRouter(prefix="/v1", tags=["sessions"], **({} if auth_token is None else {
+        "dependencies": [Depends(require_token)],
+        "responses": {401: {"model": ErrorOut, "description": "Bad or missing token."}}}))
 
     @v1.get("/sessions", response_model=SessionList)
     def list_sessions(offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
@@ -419,9 +441,7 @@ def create_app(redis_url: str | None = None, prefix: str = "affect",
             = None,
             limit: Annotated[int, Query(ge=1, le=100_000, description="Most points returned.")]
             = 10_000) -> Timeline:
-        """Time-ordered points of one track or all tracks."""
-        if from_ms is not None and to_ms is not None and from_ms > to_ms:
-            raise HTTPException(422, f"from_ms ({from_ms}) is after to_ms ({to_ms})")
+        """Time-ordered points of one track or all tracks (none when from_ms is after to_ms)."""
         known(sid)
         tids = [track] if track is not None else [t for t, _ in store.tracks(sid)]
         per_track = []
@@ -467,7 +487,7 @@ def create_app(redis_url: str | None = None, prefix: str = "affect",
               "`point` (id: ts_ms, data: a Point), `end` (the session ended), `timeout` "
               "(max_duration_s reached); comment lines are heartbeats. Resume with `after_ms` "
               "or the Last-Event-ID header.",
-              "content": {"text/event-stream": {"schema": {"type": "string"}}}}})
+              "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}}}})
     async def live(
             request: Request, sid: SessionId,
             track: Annotated[int | None, Query(ge=1, le=MAX_TRACK, description="One track; all if absent.")]
@@ -547,6 +567,10 @@ def create_app(redis_url: str | None = None, prefix: str = "affect",
                 if stop_at is not None and time.monotonic() >= stop_at:
                     yield f"event: timeout\ndata: {json.dumps({'sent': sent})}\n\n"
                     return
+                # status first: once it says ended, every point and track is already stored, so
+                # a read that blocks for nothing and finds nothing means the tail is complete
+                status = await r.hget(keys.meta(sid), "status")
+                ended = status is not None and status != "running"
                 if track is None and await r.zcard(keys.tracks(sid)) != n_tracks:
                     for t in await track_ids():
                         k = keys.track(sid, t)
@@ -555,9 +579,10 @@ def create_app(redis_url: str | None = None, prefix: str = "affect",
                             tid_of[k] = t
                     n_tracks = len(tid_of)
                 if streams:
-                    resp = await r.xread(streams, count=500, block=block_ms)
+                    resp = await r.xread(streams, count=500, block=None if ended else block_ms)
                 else:
-                    await asyncio.sleep(block_ms / 1000)
+                    if not ended:
+                        await asyncio.sleep(block_ms / 1000)
                     resp = []
                 for k, entries in resp or []:
                     for eid, fields in entries:
@@ -570,8 +595,7 @@ def create_app(redis_url: str | None = None, prefix: str = "affect",
                         if max_events is not None and sent >= max_events:
                             return
                 if not resp:
-                    status = await r.hget(keys.meta(sid), "status")
-                    if status is not None and status != "running":
+                    if ended:
                         yield f"event: end\ndata: {json.dumps({'status': status})}\n\n"
                         return
                     if time.monotonic() - last_out >= heartbeat_s:
