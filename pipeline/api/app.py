@@ -12,9 +12,10 @@ Endpoints (JSON unless noted; times are epoch milliseconds, AU intensities FACS 
     GET /v1/sessions/{sid}/timeline       points, ?track=&from_ms=&to_ms=&every_ms=&limit=
     GET /v1/sessions/{sid}/summary        per track: emotion shares, AU means/peaks, duration
     GET /v1/sessions/{sid}/live           server-sent events: new points as they are written
+    GET /  /docs  /redoc                  dashboard, Swagger UI, ReDoc (local files: pipeline.web)
 
-Auth: with a token configured, ``/v1/*`` needs ``Authorization: Bearer <token>`` (probes, metrics
-and the OpenAPI docs stay open). Without a token the API may only bind to a loopback address:
+Auth: with a token configured, ``/v1/*`` needs ``Authorization: Bearer <token>`` (probes, metrics,
+the web pages and the OpenAPI docs stay open; only then is the bearer scheme declared). Without a token the API may only bind to a loopback address:
 :func:`check_bind` refuses anything else.
 
 Ray Serve: ``import_path: pipeline.service.application:build_app`` with ``args: {config: service, ...}``.

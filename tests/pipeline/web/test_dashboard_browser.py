@@ -74,7 +74,7 @@ def test_dashboard_lists_sessions_shows_one_and_follows_a_live_one(redis_url, me
     live = LiveSession(redis_url, media("single_face.mp4"), "cam-live", analysis_fps=10)
     try:
         assert live.feed(6) == 6
-        with serve_app(create_app(redis_url, auth_token=TOKEN)) as base, chromium(tmp_path, height=1250) as d:
+        with serve_app(create_app(redis_url, auth_token=TOKEN)) as base, chromium(tmp_path, height=1100) as d:
             d.get(base + "/")
             # behind the token: the page says so, then works once it is given
             _until(d, lambda d: "token" in _text(d, "#message"), "no token hint on a 401")
