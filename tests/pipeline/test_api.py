@@ -378,6 +378,8 @@ def test_serve_ingress_answers_over_http(redis_url, data):
         assert r.status_code == 200 and r.json()["n_points"] == 6
         assert httpx.get(f"http://127.0.0.1:{port}/readyz").json()["status"] == "ready"
         assert httpx.get(f"http://127.0.0.1:{port}/v1/sessions/zz").status_code == 404
+        for page in ("/", "/dashboard-assets/dashboard.js", "/docs", "/docs-assets/swagger-ui.css"):
+            assert httpx.get(f"http://127.0.0.1:{port}{page}").status_code == 200, page
         with httpx.stream("GET", f"http://127.0.0.1:{port}/v1/sessions/s2/live",
                           params={"block_ms": 50, "max_duration_s": 15}, timeout=20) as resp:
             assert [e for e, _, _ in _events(resp)] == ["ready", "end"]  # s2 has ended
