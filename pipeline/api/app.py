@@ -45,6 +45,7 @@ from affectstream.pipeline.metrics import aggregate as metrics_agg  # noqa: F401
 from affectstream.pipeline import metrics  # noqa: F401  (metrics: registers the families)
 from affectstream.pipeline.kafka.envelope import SESSION_ID_PATTERN
 from affectstream.pipeline.store.redis_store import Keys, TimelineStore, TrackSummary, connect
+from affectstream.pipeline.api.events import SSE_EVENT_SCHEMA
 from affectstream.pipeline.web import add_web_routes
 
 API_VERSION = "1"
@@ -264,26 +265,6 @@ def _once(fn: Any) -> Any:
 # --------------------------------------------------------------------------------------------
 # app
 
-
-def _sse_event(name: str, data: dict[str, Any], with_id: bool = False) -> dict[str, Any]:
-    props: dict[str, Any] = {
-        "event": {"const": name}, "retry": {"type": "integer", "description": "Reconnect delay, ms."},
-        "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": data}}
-    if with_id:
-        props["id"] = {"type": "string", "pattern": "^[0-9]+$", "description": "ts_ms of the point."}
-    return {"type": "object", "properties": props,
-            "required": ["event", "data", *(["id"] if with_id else [])]}
-
-
-SSE_EVENT_SCHEMA = {"oneOf": [
-    _sse_event("ready", {"type": "object", "properties": {
-        "session_id": {"type": "string"}, "tracks": {"type": "array", "items": {"type": "integer"}}}}),
-    _sse_event("point", {"$ref": "#/components/schemas/Point"}, with_id=True),
-    _sse_event("end", {"type": "object", "properties": {"status": {"type": "string"}}}),
-    _sse_event("timeout", {"type": "object", "properties": {"sent": {"type": "integer"}}}),
-]}
-"""One server-sent event of ``/live`` (OpenAPI 3.1: a text/event-stream ``schema`` describes one
-event); ``data`` is JSON text whose shape ``contentSchema`` gives."""
 
 SessionId = Annotated[str, Path(pattern=SESSION_ID_PATTERN, description="Session id.")]
 _NOT_FOUND = {404: {"model": ErrorOut, "description": "Unknown session."}}

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from affectstream.pipeline.api import create_app
-from affectstream.pipeline.redis_store import TimelineStore
+from affectstream.pipeline.api.app import create_app
+from affectstream.pipeline.store.redis_store import TimelineStore
 from tests.pipeline.stored import write_session
 from tests.pipeline.web.live import LiveSession, chromium, serve_app
 

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import pytest
 from fastapi.testclient import TestClient
 
-from affectstream.pipeline.api import create_app
+from affectstream.pipeline.api.app import create_app
 from tests.pipeline.web.live import chromium, serve_app
 
 pytestmark = pytest.mark.integration
