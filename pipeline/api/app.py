@@ -12,9 +12,10 @@ Endpoints (JSON unless noted; times are epoch milliseconds, AU intensities FACS 
     GET /v1/sessions/{sid}/timeline       points, ?track=&from_ms=&to_ms=&every_ms=&limit=
     GET /v1/sessions/{sid}/summary        per track: emotion shares, AU means/peaks, duration
     GET /v1/sessions/{sid}/live           server-sent events: new points as they are written
+    GET /  /docs  /redoc                  dashboard, Swagger UI, ReDoc (local files: pipeline.web)
 
-Auth: with a token configured, ``/v1/*`` needs ``Authorization: Bearer <token>`` (probes, metrics
-and the OpenAPI docs stay open). Without a token the API may only bind to a loopback address:
+Auth: with a token configured, ``/v1/*`` needs ``Authorization: Bearer <token>`` (probes, metrics,
+the web pages and the OpenAPI docs stay open; only then is the bearer scheme declared). Without a token the API may only bind to a loopback address:
 :func:`check_bind` refuses anything else.
 
 Ray Serve: ``import_path: pipeline.service.application:build_app`` with ``args: {config: service, ...}``.
@@ -44,6 +45,8 @@ from affectstream.pipeline.metrics import aggregate as metrics_agg  # noqa: F401
 from affectstream.pipeline import metrics  # noqa: F401  (metrics: registers the families)
 from affectstream.pipeline.kafka.envelope import SESSION_ID_PATTERN
 from affectstream.pipeline.store.redis_store import Keys, TimelineStore, TrackSummary, connect
+from affectstream.pipeline.api.events import SSE_EVENT_SCHEMA
+from affectstream.pipeline.web import add_web_routes
 
 API_VERSION = "1"
 
@@ -328,6 +331,7 @@ def create_app(redis_url: str | None = None, prefix: str = "affect",
 
     app = FastAPI(
         title="affectstream query API", version=API_VERSION, lifespan=lifespan,
+        docs_url=None, redoc_url=None,  # served from local files by add_web_routes
         description="Per-face emotion and action-unit timelines of video sessions, from Redis. "
         "Times are epoch milliseconds; AU intensities are on the FACS 0–5 scale.")
 
@@ -371,8 +375,10 @@ def create_app(redis_url: str | None = None, prefix: str = "affect",
         body, ctype = metrics_agg.render_merged(client, prefix)
         return Response(body, media_type=ctype)
 
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_token)], tags=["sessions"],
-                   responses={401: {"model": ErrorOut, "description": "Bad or missing token."}})
+    # the bearer scheme is declared (and enforced) only when a token is configured
+    v1 = APIRouter(prefix="/v1", tags=["sessions"], **({} if auth_token is None else {
+        "dependencies": [Depends(require_token)],
+        "responses": {401: {"model": ErrorOut, "description": "Bad or missing token."}}}))
 
     @v1.get("/sessions", response_model=SessionList)
     def list_sessions(offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
@@ -417,9 +423,7 @@ def create_app(redis_url: str | None = None, prefix: str = "affect",
             = None,
             limit: Annotated[int, Query(ge=1, le=100_000, description="Most points returned.")]
             = 10_000) -> Timeline:
-        """Time-ordered points of one track or all tracks."""
-        if from_ms is not None and to_ms is not None and from_ms > to_ms:
-            raise HTTPException(422, f"from_ms ({from_ms}) is after to_ms ({to_ms})")
+        """Time-ordered points of one track or all tracks (none when from_ms is after to_ms)."""
         known(sid)
         tids = [track] if track is not None else [t for t, _ in store.tracks(sid)]
         per_track = []
@@ -465,7 +469,7 @@ def create_app(redis_url: str | None = None, prefix: str = "affect",
               "`point` (id: ts_ms, data: a Point), `end` (the session ended), `timeout` "
               "(max_duration_s reached); comment lines are heartbeats. Resume with `after_ms` "
               "or the Last-Event-ID header.",
-              "content": {"text/event-stream": {"schema": {"type": "string"}}}}})
+              "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}}}})
     async def live(
             request: Request, sid: SessionId,
             track: Annotated[int | None, Query(ge=1, le=MAX_TRACK, description="One track; all if absent.")]
@@ -545,6 +549,10 @@ def create_app(redis_url: str | None = None, prefix: str = "affect",
                 if stop_at is not None and time.monotonic() >= stop_at:
                     yield f"event: timeout\ndata: {json.dumps({'sent': sent})}\n\n"
                     return
+                # status first: once it says ended, every point and track is already stored, so
+                # a read that blocks for nothing and finds nothing means the tail is complete
+                status = await r.hget(keys.meta(sid), "status")
+                ended = status is not None and status != "running"
                 if track is None and await r.zcard(keys.tracks(sid)) != n_tracks:
                     for t in await track_ids():
                         k = keys.track(sid, t)
@@ -553,9 +561,10 @@ def create_app(redis_url: str | None = None, prefix: str = "affect",
                             tid_of[k] = t
                     n_tracks = len(tid_of)
                 if streams:
-                    resp = await r.xread(streams, count=500, block=block_ms)
+                    resp = await r.xread(streams, count=500, block=None if ended else block_ms)
                 else:
-                    await asyncio.sleep(block_ms / 1000)
+                    if not ended:
+                        await asyncio.sleep(block_ms / 1000)
                     resp = []
                 for k, entries in resp or []:
                     for eid, fields in entries:
@@ -568,8 +577,7 @@ def create_app(redis_url: str | None = None, prefix: str = "affect",
                         if max_events is not None and sent >= max_events:
                             return
                 if not resp:
-                    status = await r.hget(keys.meta(sid), "status")
-                    if status is not None and status != "running":
+                    if ended:
                         yield f"event: end\ndata: {json.dumps({'status': status})}\n\n"
                         return
                     if time.monotonic() - last_out >= heartbeat_s:
@@ -583,6 +591,7 @@ def create_app(redis_url: str | None = None, prefix: str = "affect",
                                           "X-Accel-Buffering": "no"})
 
     app.include_router(v1)
+    add_web_routes(app)  # dashboard at /, Swagger UI at /docs, ReDoc at /redoc (no CDN)
 
     async def _redis_down(_req: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": f"redis unreachable: {type(exc).__name__}: {exc}"},
