@@ -79,7 +79,8 @@ def run_bench(video: str, cfg: PipelineConfig, redis_url: str, streams: int = 1,
         for k, v in r.timings_ms.items():
             stage.setdefault(k, []).extend(v[warmup:])
         lat.extend(r.latencies_ms[warmup:])
-        batch.extend(r.batch_faces[warmup:])
+        # forwards that served frames after the warm-up (one forward serves several frames)
+        batch.extend(f for f, n in zip(r.batch_faces, r.batch_frames) if n > warmup)
     lat_s = _stats(lat)
     summary = {
         "frames_analysed": float(frames),

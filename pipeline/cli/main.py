@@ -369,6 +369,7 @@ def bench(
 def _mount() -> None:
     from affectstream.pipeline.cli.analyze import analyze_app
     from affectstream.pipeline.cli.bench_curve import bench_curve_cli
+    from affectstream.pipeline.cli.bench_models import bench_models_cli
     from affectstream.pipeline.cli.cluster import cluster_cli
     from affectstream.pipeline.cli.eval_au import eval_au_cli
     from affectstream.pipeline.cli.kafka import kafka_cli
@@ -379,7 +380,7 @@ def _mount() -> None:
     app.add_typer(analyze_app, name="analyze")
     app.add_typer(sessions_app, name="sessions")
     for sub in (data_cli, overlay_cli, kafka_cli, train_cli, eval_au_cli, cluster_cli,
-                bench_curve_cli):  # publish, serve, train, eval as top-level commands
+                bench_curve_cli, bench_models_cli):  # publish, serve, train, eval as top-level commands
         app.registered_commands.extend(sub.registered_commands)
 
 
