@@ -1,4 +1,5 @@
-"""Batched inference adapters: expression (FER), learned AU models and saliency.
+"""Batched inference adapters: expression (FER), learned AU models, saliency, and (with
+``au_model="blendshape"``) AUs, head pose and gaze from landmarks.
 
 The expression model is any registered ``task="expression"`` model or a trained checkpoint; its
 :class:`models.ModelCard` decides the crop (size, colour, alignment) and normalisation. Output
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,6 +19,14 @@ from affectstream.models.registry import ModelCard, create_model, get_card
 from affectstream.operators.landmarks import five_point
 from affectstream.operators.records import DISFA_AUS, EMOTIONS, FACE_REGIONS
 from affectstream.operators.saliency import grad_cam, region_summary
+
+if TYPE_CHECKING:
+    from affectstream.operators.au_landmarks import LandmarkHeads
+
+LANDMARK_AU_MODELS: tuple[str, ...] = ("blendshape", "geometric")
+"""AU sources without an AU network of their own: ``blendshape`` (FaceMesh V2 landmarks ->
+blendshapes -> AUs, run here in the batched inference) and ``geometric`` (FaceMesh landmarks vs
+a per-track neutral baseline, run in the timeline builder)."""
 
 
 def load_model(spec: str) -> torch.nn.Module:
@@ -64,8 +74,10 @@ class FaceAnalyzer:
     Args:
         fer_model: registry id or checkpoint path of an expression model.
         saliency: ``"gradcam"`` or ``"off"``.
-        au_model: ``"geometric"`` (computed elsewhere from landmarks; nothing here) or a registry
-            id / checkpoint of an AU model returning (B, 12) intensities 0–5 (DISFA order).
+        au_model: ``"blendshape"`` (AUs, presence, head pose and gaze from the FaceMesh V2
+            landmarks each request carries: :meth:`analyze_landmarks`), ``"geometric"``
+            (computed elsewhere from landmarks; nothing here) or a registry id / checkpoint of an
+            AU model returning (B, 12) intensities 0–5 (DISFA order) from the crops.
         device: ``auto``/``cpu``/``cuda[:N]``.
         half: fp16 on CUDA.
     """
@@ -87,7 +99,13 @@ class FaceAnalyzer:
         self.crop = CropSpec.from_card(self.card)
         self.saliency = saliency != "off" and (hasattr(self.fer, "cam_layer")
                                                or "saliency_output" in self.card.extra)
-        self.au = None if au_model == "geometric" else load_model(au_model).to(self.device)
+        self.au_model = au_model
+        self.au = None if au_model in LANDMARK_AU_MODELS else load_model(au_model).to(self.device)
+        self.landmark_heads = None
+        if au_model == "blendshape":
+            from affectstream.operators.au_landmarks import LandmarkAnalyzer
+
+            self.landmark_heads = LandmarkAnalyzer(self.device)
         self.au_names = DISFA_AUS
         if self.half:
             self.fer.half()
@@ -175,6 +193,24 @@ class FaceAnalyzer:
             with torch.inference_mode():
                 au = self._au_forward(crops)
         return probs, sal, au
+
+    @property
+    def needs_landmarks3d(self) -> bool:
+        """True when requests must carry FaceMesh V2 landmarks (``au_model="blendshape"``)."""
+        return self.landmark_heads is not None
+
+    def analyze_landmarks(self, landmarks3d: np.ndarray) -> LandmarkHeads:
+        """AUs, AU presence, head pose and gaze of N faces (``au_model="blendshape"``).
+
+        Args:
+            landmarks3d: (N, 478, 3) float32 FaceMesh V2 landmarks, frame pixels (z same scale).
+
+        Raises:
+            ValueError: this analyzer's AU model is not ``blendshape``, or a bad shape.
+        """
+        if self.landmark_heads is None:
+            raise ValueError(f"au_model {self.au_model!r} takes no landmarks; use 'blendshape'")
+        return self.landmark_heads(landmarks3d)
 
     def _au_forward(self, crops: np.ndarray) -> np.ndarray:
         # A learned AU model gets the same square face crop, resized to its own input size and

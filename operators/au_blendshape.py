@@ -55,7 +55,7 @@ import dataclasses
 import numpy as np
 
 from affectstream.models.face_blendshapes import BLENDSHAPE_NAMES
-from affectstream.operators.records import DISFA_AUS
+from affectstream.operators.records import AU_OCCURRENCE_THRESHOLD, DISFA_AUS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +84,9 @@ MAPPING: tuple[AUMapping, ...] = (
     AUMapping("AU26", "jaw drop", ("jawOpen",), 0.0, 0.60),
 )
 assert tuple(m.au for m in MAPPING) == DISFA_AUS
+
+PRESENCE_THRESHOLD = AU_OCCURRENCE_THRESHOLD
+"""Default intensity (0–5) at and above which an AU counts as present (module docstring)."""
 
 EYE_OPEN_REF, EYE_OPEN_FULL, EYE_GEO_WEIGHT = 0.115, 0.06, 0.5
 LIP_GAP_REF, LIP_GAP_FULL = 0.03, 0.40
@@ -162,7 +165,7 @@ class BlendshapeAU:
 
     au_names: tuple[str, ...] = DISFA_AUS
 
-    def __init__(self, presence_threshold: float = 2.0) -> None:
+    def __init__(self, presence_threshold: float = PRESENCE_THRESHOLD) -> None:
         if not 0.0 < presence_threshold <= 5.0:
             raise ValueError(f"presence_threshold must be in (0, 5], got {presence_threshold}")
         self.presence_threshold = presence_threshold

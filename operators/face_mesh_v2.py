@@ -28,18 +28,21 @@ class FaceMeshV2Faces:
         landmarks: (N, 478, 3) float32; x, y frame pixels, z relative depth in frame-pixel scale
             (smaller = nearer). 468..477 are the iris points.
         presence: (N,) float32 in [0, 1], probability that the ROI holds a face.
-        blendshapes: (N, 52) float32 in [0, 1], :data:`models.face_blendshapes.BLENDSHAPE_NAMES`.
+        blendshapes: (N, 52) float32 in [0, 1], :data:`models.face_blendshapes.BLENDSHAPE_NAMES`;
+            None when the landmarker runs without them (``blendshapes=False``).
     """
 
     landmarks: np.ndarray
     presence: np.ndarray
-    blendshapes: np.ndarray
+    blendshapes: np.ndarray | None
 
     def __post_init__(self) -> None:
         n = len(self.landmarks)
         for name, arr, shape in (("landmarks", self.landmarks, (n, 478, 3)),
                                  ("presence", self.presence, (n,)),
                                  ("blendshapes", self.blendshapes, (n, len(BLENDSHAPE_NAMES)))):
+            if arr is None and name == "blendshapes":
+                continue
             if arr.dtype != np.float32 or arr.shape != shape:
                 raise ValueError(f"{name} must be float32 of shape {shape}, "
                                  f"got {arr.dtype} {arr.shape}")
@@ -56,6 +59,8 @@ class FaceMeshV2Landmarker:
         roi_scale: ROI side / detector box long side (MediaPipe: 1.5).
         max_batch_size: faces per forward pass.
         half: run in float16 (CUDA only; ignored on CPU).
+        blendshapes: also run the blendshape model (False: landmarks only, e.g. in the face-track
+            stage when blendshapes run in the batched inference, :mod:`operators.au_landmarks`).
 
     Raises:
         ValueError: roi_scale <= 0 or max_batch_size < 1.
@@ -64,7 +69,7 @@ class FaceMeshV2Landmarker:
     input_size = 256
 
     def __init__(self, device: str | torch.device = "cpu", roi_scale: float = 1.5,
-                 max_batch_size: int = 64, half: bool = False) -> None:
+                 max_batch_size: int = 64, half: bool = False, blendshapes: bool = True) -> None:
         if roi_scale <= 0 or max_batch_size < 1:
             raise ValueError("roi_scale must be > 0 and max_batch_size >= 1")
         from affectstream.models import create_model
@@ -73,7 +78,7 @@ class FaceMeshV2Landmarker:
         self.dtype = torch.float16 if half and self.device.type == "cuda" else torch.float32
         self.mesh = create_model("facemesh_v2").to(self.device, self.dtype,
                                                    memory_format=torch.channels_last).eval()
-        self.blend = create_model("face_blendshapes").to(self.device).eval()
+        self.blend = create_model("face_blendshapes").to(self.device).eval() if blendshapes else None
         self.roi_scale = roi_scale
         self.max_batch_size = max_batch_size
         self._subset = torch.as_tensor(LANDMARK_SUBSET, device=self.device)
@@ -105,8 +110,9 @@ class FaceMeshV2Landmarker:
 
     @torch.inference_mode()
     def run_crops(self, crops: np.ndarray, rois: tuple[np.ndarray, np.ndarray, np.ndarray]
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Landmarks (M, 478, 3) frame px, presence (M,), blendshapes (M, 52) of M crops."""
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Landmarks (M, 478, 3) frame px, presence (M,), blendshapes (M, 52) of M crops (None
+        without the blendshape model)."""
         c, s, a = rois
         lms, pres = [], []
         for i in range(0, len(crops), self.max_batch_size):
@@ -117,11 +123,13 @@ class FaceMeshV2Landmarker:
             pres.append(torch.sigmoid(logit[:, 0].float()).cpu().numpy())
         if not lms:
             return (np.zeros((0, 478, 3), np.float32), np.zeros(0, np.float32),
-                    np.zeros((0, len(BLENDSHAPE_NAMES)), np.float32))
+                    None if self.blend is None else np.zeros((0, len(BLENDSHAPE_NAMES)), np.float32))
         lm = np.concatenate(lms)
         xy = roi_to_frame(lm[..., :2], c, s, a, self.input_size)
         z = lm[..., 2] * (s[:, None] / self.input_size)
         out = np.concatenate([xy, z[..., None]], -1).astype(np.float32)
+        if self.blend is None:
+            return out, np.concatenate(pres).astype(np.float32), None
         bs = []
         pts = torch.from_numpy(out[..., :2]).to(self.device)
         for i in range(0, len(out), self.max_batch_size):
@@ -147,6 +155,7 @@ class FaceMeshV2Landmarker:
         lm, pres, bs = self.run_crops(crops, rois)
         out, o = [], 0
         for n in counts:
-            out.append(FaceMeshV2Faces(lm[o:o + n], pres[o:o + n], bs[o:o + n]))
+            out.append(FaceMeshV2Faces(lm[o:o + n], pres[o:o + n],
+                                       None if bs is None else bs[o:o + n]))
             o += n
         return out

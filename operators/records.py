@@ -21,6 +21,10 @@ DISFA_AUS: tuple[str, ...] = (
     "AU01", "AU02", "AU04", "AU05", "AU06", "AU09", "AU12", "AU15", "AU17", "AU20", "AU25", "AU26")
 """The 12 DISFA action units, zero-padded FACS ids."""
 
+AU_OCCURRENCE_THRESHOLD = 2.0
+"""FACS 0–5 intensity at and above which an AU counts as present (the DISFA occurrence
+convention of the AU-detection literature, e.g. EAC-Net, JAA-Net)."""
+
 FACE_REGIONS: tuple[str, ...] = ("brows", "eyes", "nose", "cheeks", "mouth", "jaw")
 """Facial regions a saliency map is summarised over."""
 
@@ -137,6 +141,14 @@ class TimelinePoint:
         saliency: region -> mean saliency in [0, 1] (may be empty).
         valence: in [-1, 1] or None.
         arousal: in [-1, 1] or None.
+        au_presence: AU id -> 0/1 occurrence, the AU model's decision on this frame (``blendshape``:
+            this frame's intensity >= 2.0, before smoothing); empty when the AU model gives none.
+        yaw, pitch, roll: head pose in degrees (yaw > 0: face turned toward the image's right;
+            pitch > 0: chin up; roll > 0: counter-clockwise in the image), or None.
+        gaze_yaw, gaze_pitch: gaze direction in degrees, camera frame, signs as yaw/pitch (head
+            pose + eye-in-head angle from the iris; uncalibrated, coarse), or None.
+        landmarks: (K, 2|3) float32 frame pixels (478 x 3 FaceMesh V2, or 468 x 2 FaceMesh), only
+            when the configuration asks for them (``inference.store_landmarks``), else None.
     """
 
     session_id: str
@@ -151,9 +163,20 @@ class TimelinePoint:
     saliency: dict[str, float] = dataclasses.field(default_factory=dict)
     valence: float | None = None
     arousal: float | None = None
+    au_presence: dict[str, int] = dataclasses.field(default_factory=dict)
+    yaw: float | None = None
+    pitch: float | None = None
+    roll: float | None = None
+    gaze_yaw: float | None = None
+    gaze_pitch: float | None = None
+    landmarks: np.ndarray | None = dataclasses.field(default=None, compare=False)
 
     def to_fields(self) -> dict[str, str]:
-        """Redis stream entry fields (DESIGN §6); numbers as short decimal strings."""
+        """Redis stream entry fields (DESIGN §6); numbers as short decimal strings.
+
+        Beyond DESIGN §6: ``c_AU01``... (presence 0/1), ``yaw`` ``pitch`` ``roll`` ``gaze_yaw``
+        ``gaze_pitch`` (degrees), ``landmarks`` (``"KxD:"`` then K*D comma-separated pixels,
+        0.1 px) — each only when the point has it, so older entries read back unchanged."""
         f: dict[str, str] = {"pts_ms": str(self.pts_ms), "emotion": self.emotion}
         for k, v in self.emotion_probs.items():
             f[f"p_{k}"] = f"{v:.4f}"
@@ -168,6 +191,14 @@ class TimelinePoint:
         f["det"] = f"{self.det_score:.3f}"
         for k, v in self.saliency.items():
             f[f"sal_{k}"] = f"{v:.3f}"
+        for k, v in self.au_presence.items():
+            f[f"c_{k}"] = str(int(v))
+        for k in POSE_FIELDS:
+            v = getattr(self, k)
+            if v is not None:
+                f[k] = f"{v:.2f}"
+        if self.landmarks is not None:
+            f["landmarks"] = encode_landmarks(self.landmarks)
         return f
 
     @staticmethod
@@ -178,6 +209,7 @@ class TimelinePoint:
         probs = {k[2:]: float(v) for k, v in fields.items() if k.startswith("p_")}
         aus = {k: float(v) for k, v in fields.items() if k.startswith("AU")}
         sal = {k[4:]: float(v) for k, v in fields.items() if k.startswith("sal_")}
+        pres = {k[2:]: int(v) for k, v in fields.items() if k.startswith("c_AU")}
 
         def opt(k: str) -> float | None:
             return float(fields[k]) if k in fields else None
@@ -185,4 +217,34 @@ class TimelinePoint:
         box = tuple(float(fields.get(k, math.nan)) for k in ("x1", "y1", "x2", "y2"))
         return TimelinePoint(session_id, track_id, ts_ms, int(fields.get("pts_ms", 0)),
                              fields.get("emotion", ""), probs, aus, box,  # type: ignore[arg-type]
-                             float(fields.get("det", "nan")), sal, opt("valence"), opt("arousal"))
+                             float(fields.get("det", "nan")), sal, opt("valence"), opt("arousal"),
+                             pres, *(opt(k) for k in POSE_FIELDS),
+                             decode_landmarks(fields["landmarks"]) if "landmarks" in fields
+                             else None)
+
+
+POSE_FIELDS: tuple[str, ...] = ("yaw", "pitch", "roll", "gaze_yaw", "gaze_pitch")
+"""Per-face angle fields of a :class:`TimelinePoint`, degrees."""
+
+
+def encode_landmarks(landmarks: np.ndarray) -> str:
+    """(K, D) pixels -> ``"KxD:x0,y0[,z0],x1,..."`` with 0.1 px resolution (a Redis field)."""
+    lm = np.asarray(landmarks, np.float32)
+    if lm.ndim != 2:
+        raise ValueError(f"landmarks must be (K, D), got {lm.shape}")
+    return f"{lm.shape[0]}x{lm.shape[1]}:" + ",".join(f"{v:.1f}" for v in lm.ravel())
+
+
+def decode_landmarks(text: str) -> np.ndarray:
+    """Inverse of :func:`encode_landmarks`: (K, D) float32 pixels.
+
+    Raises:
+        ValueError: malformed text (the message says what was expected).
+    """
+    try:
+        head, body = text.split(":", 1)
+        k, d = (int(x) for x in head.split("x"))
+        arr = np.array([float(v) for v in body.split(",")] if body else [], np.float32)
+        return arr.reshape(k, d)
+    except ValueError as e:
+        raise ValueError(f"landmarks field must be 'KxD:' + K*D numbers, got {text[:40]!r}") from e

@@ -85,7 +85,15 @@ class TrackConfig(_Frozen):
 class InferenceConfig(_Frozen):
     fer_model: str = Field("mini_xception", description="Registry id or checkpoint path (.pt).")
     au_model: str = Field(
-        "geometric", description="'geometric' (landmark AU estimator) or a registry id / .pt path.")
+        "blendshape", description="AU source. 'blendshape' (default): FaceMesh V2 (478 3-D "
+        "points) in the face-track stage, then blendshapes -> 12 AU intensities + presence, head "
+        "pose and gaze in the batched inference; single-frame, no warm-up. 'geometric' (faster "
+        "preset `configs/fast.yaml`): FaceMesh (468 points) distances vs a per-track neutral "
+        "baseline, no presence/pose/gaze. Or a registry id / .pt path of a crop-based AU network. "
+        "Cost per face and quality: docs/au_models.md.")
+    store_landmarks: bool = Field(
+        False, description="Store each face's landmarks in its timeline point (Redis field "
+        "`landmarks`; 478x3 frame pixels with 'blendshape', 468x2 otherwise; ~9 kB per point).")
     saliency: Literal["gradcam", "off"] = Field(
         "gradcam", description="Per-face saliency: Grad-CAM of the expression model, or off.")
     saliency_interval_ms: int = Field(
@@ -96,14 +104,22 @@ class InferenceConfig(_Frozen):
     half: bool = Field(False, description="fp16 inference on CUDA.")
     torch_threads: int = Field(0, ge=0, description="Torch intra-op threads; 0 = one per core.")
     max_batch_size: int = Field(
-        16, ge=1, description="Frames (Serve requests, each with all its faces) per batched forward.")
+        16, ge=1, description="Inference calls per batched forward (a call: one frame, or "
+        "stream_batch_frames frames of one stream, each with all its faces).")
     batch_wait_timeout_s: float = Field(
-        0.005, ge=0, description="How long Serve waits to fill a batch, seconds.")
+        0.01, ge=0, description="How long Serve waits to fill a batch, seconds.")
     num_replicas: int | Literal["auto"] = Field(
         1, description="Serve replicas of inference; 'auto' = Serve autoscaling (`autoscaling`).")
     autoscaling: AutoscalingConfig = Field(
         AutoscalingConfig(), description="Inference autoscaling when num_replicas is 'auto'.")
     landmarks_batch: int = Field(16, ge=1, description="Faces per FaceMesh forward.")
+    stream_batch_frames: int = Field(
+        4, ge=1, le=64, description="Frames of one stream sent per inference call: a call waits "
+        "(at most stream_linger_ms) until this many are queued, so one stream's frames share a "
+        "forward and the call's fixed cost (1 = a call per frame).")
+    stream_linger_ms: float = Field(
+        50.0, ge=0, le=1000, description="Longest wait for stream_batch_frames (ms of wall "
+        "time): the latency a lone frame may add.")
 
 
 class SmoothConfig(_Frozen):

@@ -29,14 +29,17 @@ def untrained_models(specs: list[str]) -> list[str]:
 
     Args:
         specs: model specs as given on the command line or in the config: registry ids,
-            checkpoint paths (trained by definition) or ``"geometric"`` (no network).
+            checkpoint paths (trained by definition), ``"geometric"`` or ``"blendshape"`` (no
+            network of their own to train).
 
     Raises:
         KeyError: an unknown registry id (the message lists the known ones).
     """
     from affectstream.models.registry import get_card
 
-    return [s for s in specs if s != "geometric" and not _is_checkpoint(s)
+    from affectstream.operators.analyze import LANDMARK_AU_MODELS
+
+    return [s for s in specs if s not in LANDMARK_AU_MODELS and not _is_checkpoint(s)
             and get_card(s).weights is None]
 
 

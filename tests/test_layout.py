@@ -109,3 +109,10 @@ def test_operators_never_import_training() -> None:
 def test_pipeline_is_split_into_subpackages() -> None:
     loose = sorted(p.name for p in (ROOT / "pipeline").glob("*.py") if p.name != "__init__.py")
     assert loose == ["config.py", "errors.py", "untrained.py"], loose
+
+
+def test_no_oversized_source_files_in_pipeline() -> None:
+    big = sorted((len(p.read_text().splitlines()), str(p.relative_to(ROOT)))
+                 for p in (ROOT / "pipeline").rglob("*.py")
+                 if len(p.read_text().splitlines()) > MAX_LINES)
+    assert big == [], big

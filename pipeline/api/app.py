@@ -12,9 +12,10 @@ Endpoints (JSON unless noted; times are epoch milliseconds, AU intensities FACS 
     GET /v1/sessions/{sid}/timeline       points, ?track=&from_ms=&to_ms=&every_ms=&limit=
     GET /v1/sessions/{sid}/summary        per track: emotion shares, AU means/peaks, duration
     GET /v1/sessions/{sid}/live           server-sent events: new points as they are written
+    GET /  /docs  /redoc                  dashboard, Swagger UI, ReDoc (local files: pipeline.web)
 
-Auth: with a token configured, ``/v1/*`` needs ``Authorization: Bearer <token>`` (probes, metrics
-and the OpenAPI docs stay open). Without a token the API may only bind to a loopback address:
+Auth: with a token configured, ``/v1/*`` needs ``Authorization: Bearer <token>`` (probes, metrics,
+the web pages and the OpenAPI docs stay open; only then is the bearer scheme declared). Without a token the API may only bind to a loopback address:
 :func:`check_bind` refuses anything else.
 
 Ray Serve: ``import_path: pipeline.service.application:build_app`` with ``args: {config: service, ...}``.
@@ -24,11 +25,8 @@ Ray Serve: ``import_path: pipeline.service.application:build_app`` with ``args: 
 import asyncio
 import heapq
 import ipaddress
-import json
-import math
 import secrets
 import time
-import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -37,20 +35,22 @@ import redis
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
 
-from affectstream.operators.records import TimelinePoint
 from affectstream.pipeline.metrics import aggregate as metrics_agg  # noqa: F401
 from affectstream.pipeline import metrics  # noqa: F401  (metrics: registers the families)
 from affectstream.pipeline.kafka.envelope import SESSION_ID_PATTERN
-from affectstream.pipeline.store.redis_store import Keys, TimelineStore, TrackSummary, connect
+from affectstream.pipeline.store.redis_store import Keys, TimelineStore, connect
+from affectstream.pipeline.api.events import SSE_EVENT_SCHEMA
+from affectstream.pipeline.api.live import _once, live_stream
+from affectstream.pipeline.api.models import (ErrorOut, Health, Ready, SessionBrief,
+                                               SessionDetail, SessionList, Summary, Timeline,
+                                               TrackInfo, TrackList, point_out,
+                                               summary_out)
+from affectstream.pipeline.api.models import MAX_MS, MAX_TRACK, _opt_int
+from affectstream.pipeline.web import add_web_routes
 
 API_VERSION = "1"
 
-MAX_MS = 2**63 - 1
-"""Largest epoch-ms (or ms span) a query accepts: Redis stream IDs are 64-bit."""
-
-MAX_TRACK = 2**63 - 1
 
 EXTRA_REQUESTS = 64
 """Serve requests a ``QueryAPI`` replica takes beyond its SSE cap (queries, probes)."""
@@ -82,164 +82,6 @@ def check_bind(host: str, auth_token: str | None) -> None:
         raise ApiConfigError(
             f"refusing to serve the query API on {host!r} without an auth token: set "
             "api.auth_token (or AFFECTSTREAM_API_TOKEN), or bind to 127.0.0.1")
-
-
-# --------------------------------------------------------------------------------------------
-# response models
-
-
-class Health(BaseModel):
-    status: str = Field(description="'ok' when the process serves requests.")
-
-
-class Ready(BaseModel):
-    status: str = Field(description="'ready' when Redis answers.")
-    redis_ms: float = Field(description="PING round trip, milliseconds.")
-
-
-class SessionBrief(BaseModel):
-    session_id: str
-    updated_ms: int = Field(description="Last update, epoch ms.")
-    status: str = Field(description="running | ended | failed | ... ; 'expired' once its keys "
-                        "are gone.")
-    source: str | None = Field(None, description="Video file, RTSP URL or Kafka topic.")
-
-
-class SessionList(BaseModel):
-    total: int = Field(description="Sessions known in total.")
-    offset: int
-    limit: int
-    sessions: list[SessionBrief]
-
-
-class SessionDetail(BaseModel):
-    session_id: str
-    status: str
-    source: str | None = None
-    created_ms: int | None = Field(None, description="Epoch ms.")
-    updated_ms: int | None = Field(None, description="Epoch ms of the newest point.")
-    ended_ms: int | None = Field(None, description="Epoch ms, when ended.")
-    models: str | None = None
-    config_digest: str | None = None
-    n_tracks: int
-    n_points: int = Field(description="Timeline points stored (all tracks).")
-
-
-class TrackInfo(BaseModel):
-    track_id: int
-    first_seen_ms: int = Field(description="Capture time of its first point, epoch ms.")
-    n_points: int
-
-
-class TrackList(BaseModel):
-    session_id: str
-    tracks: list[TrackInfo]
-
-
-class Point(BaseModel):
-    """One face at one analysed frame."""
-
-    track_id: int
-    ts_ms: int = Field(description="Capture time, epoch ms.")
-    pts_ms: int = Field(description="Media time, ms from the start of the source.")
-    emotion: str = Field(description="Dominant emotion label.")
-    emotion_probs: dict[str, float] = Field(description="Label -> probability in [0, 1].")
-    au_intensity: dict[str, float] = Field(description="AU id -> intensity, FACS 0–5.")
-    bbox_xyxy: list[float] | None = Field(None, description="x1, y1, x2, y2 in pixels.")
-    det_score: float | None = Field(None, description="Detection score in [0, 1].")
-    saliency: dict[str, float] = Field(default_factory=dict,
-                                       description="Face region -> mean saliency in [0, 1].")
-    valence: float | None = Field(None, description="In [-1, 1].")
-    arousal: float | None = Field(None, description="In [-1, 1].")
-
-
-class Timeline(BaseModel):
-    session_id: str
-    track: int | None
-    from_ms: int | None
-    to_ms: int | None
-    every_ms: int | None
-    count: int
-    truncated: bool = Field(description="More points matched than `limit`.")
-    points: list[Point]
-
-
-class AUPeak(BaseModel):
-    value: float = Field(description="Highest intensity, FACS 0–5.")
-    ts_ms: int = Field(description="When it was first reached, epoch ms.")
-
-
-class TrackSummaryOut(BaseModel):
-    track_id: int
-    n_points: int
-    first_ts_ms: int
-    last_ts_ms: int
-    duration_ms: int = Field(description="last_ts_ms - first_ts_ms.")
-    emotion_shares: dict[str, float] = Field(
-        description="Dominant label -> fraction of the track's points.")
-    au_mean: dict[str, float] = Field(description="AU id -> mean intensity, FACS 0–5.")
-    au_peak: dict[str, AUPeak]
-    valence_mean: float | None = None
-    arousal_mean: float | None = None
-
-
-class Summary(BaseModel):
-    session_id: str
-    n_tracks: int
-    n_points: int
-    emotion_shares: dict[str, float] = Field(
-        description="Dominant label -> fraction of all points of the session.")
-    tracks: list[TrackSummaryOut]
-
-
-class ErrorOut(BaseModel):
-    detail: str
-
-
-def _num(x: float | None) -> float | None:
-    return None if x is None or math.isnan(x) else x
-
-
-def point_out(p: TimelinePoint) -> Point:
-    """API form of a :class:`~operators.records.TimelinePoint` (NaNs become null)."""
-    box = [float(v) for v in p.bbox_xyxy]
-    return Point(track_id=p.track_id, ts_ms=p.ts_ms, pts_ms=p.pts_ms, emotion=p.emotion,
-                 emotion_probs=p.emotion_probs, au_intensity=p.au_intensity,
-                 bbox_xyxy=None if any(math.isnan(v) for v in box) else box,
-                 det_score=_num(p.det_score), saliency=p.saliency, valence=_num(p.valence),
-                 arousal=_num(p.arousal))
-
-
-def summary_out(s: TrackSummary) -> TrackSummaryOut:
-    return TrackSummaryOut(
-        track_id=s.track_id, n_points=s.n_points, first_ts_ms=s.first_ts_ms,
-        last_ts_ms=s.last_ts_ms, duration_ms=s.duration_ms, emotion_shares=s.emotion_shares,
-        au_mean=s.au_mean, au_peak={k: AUPeak(value=v, ts_ms=t) for k, (v, t) in s.au_peak.items()},
-        valence_mean=s.valence_mean, arousal_mean=s.arousal_mean)
-
-
-def _opt_int(v: str | None) -> int | None:
-    try:
-        return int(v) if v not in (None, "") else None
-    except ValueError:
-        return None
-
-
-def _header_ms(v: str | None) -> int | None:
-    """An epoch-ms header value (``Last-Event-ID``); None when absent or out of range."""
-    n = _opt_int(v)
-    return n if n is not None and 0 <= n <= MAX_MS else None
-
-
-def _once(fn: Any) -> Any:
-    """``fn`` made callable once (later calls do nothing)."""
-    done = [False]
-
-    def call() -> None:
-        if not done[0]:
-            done[0] = True
-            fn()
-    return call
 
 
 # --------------------------------------------------------------------------------------------
@@ -311,6 +153,7 @@ def create_app(redis_url: str | None = None, prefix: str = "affect",
 
     app = FastAPI(
         title="affectstream query API", version=API_VERSION, lifespan=lifespan,
+        docs_url=None, redoc_url=None,  # served from local files by add_web_routes
         description="Per-face emotion and action-unit timelines of video sessions, from Redis. "
         "Times are epoch milliseconds; AU intensities are on the FACS 0–5 scale.")
 
@@ -354,8 +197,10 @@ def create_app(redis_url: str | None = None, prefix: str = "affect",
         body, ctype = metrics_agg.render_merged(client, prefix)
         return Response(body, media_type=ctype)
 
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_token)], tags=["sessions"],
-                   responses={401: {"model": ErrorOut, "description": "Bad or missing token."}})
+    # the bearer scheme is declared (and enforced) only when a token is configured
+    v1 = APIRouter(prefix="/v1", tags=["sessions"], **({} if auth_token is None else {
+        "dependencies": [Depends(require_token)],
+        "responses": {401: {"model": ErrorOut, "description": "Bad or missing token."}}}))
 
     @v1.get("/sessions", response_model=SessionList)
     def list_sessions(offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
@@ -400,9 +245,7 @@ def create_app(redis_url: str | None = None, prefix: str = "affect",
             = None,
             limit: Annotated[int, Query(ge=1, le=100_000, description="Most points returned.")]
             = 10_000) -> Timeline:
-        """Time-ordered points of one track or all tracks."""
-        if from_ms is not None and to_ms is not None and from_ms > to_ms:
-            raise HTTPException(422, f"from_ms ({from_ms}) is after to_ms ({to_ms})")
+        """Time-ordered points of one track or all tracks (none when from_ms is after to_ms)."""
         known(sid)
         tids = [track] if track is not None else [t for t, _ in store.tracks(sid)]
         per_track = []
@@ -448,7 +291,7 @@ def create_app(redis_url: str | None = None, prefix: str = "affect",
               "`point` (id: ts_ms, data: a Point), `end` (the session ended), `timeout` "
               "(max_duration_s reached); comment lines are heartbeats. Resume with `after_ms` "
               "or the Last-Event-ID header.",
-              "content": {"text/event-stream": {"schema": {"type": "string"}}}}})
+              "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}}}})
     async def live(
             request: Request, sid: SessionId,
             track: Annotated[int | None, Query(ge=1, le=MAX_TRACK, description="One track; all if absent.")]
@@ -473,102 +316,17 @@ def create_app(redis_url: str | None = None, prefix: str = "affect",
         state["sse_open"] += 1  # no await since the check: the slot is ours
         release = _once(lambda: state.__setitem__("sse_open", state["sse_open"] - 1))
         try:
-            return await _live(request, sid, track, after_ms, block_ms, heartbeat_s,
-                               max_events, max_duration_s, release)
+            return await live_stream(aredis(), keys, request, sid, track, after_ms, block_ms,
+                                     heartbeat_s, max_events, max_duration_s, release)
         except BaseException:
             release()
             raise
-
-    async def _live(request: Request, sid: str, track: int | None, after_ms: int | None,
-                    block_ms: int, heartbeat_s: float, max_events: int | None,
-                    max_duration_s: float | None, release: Any) -> StreamingResponse:
-        r = aredis()
-        p = r.pipeline(transaction=False)
-        p.exists(keys.meta(sid))
-        p.exists(keys.tracks(sid))
-        if not any(await p.execute()):
-            raise HTTPException(404, f"unknown session {sid!r} (never written, or expired)")
-        if after_ms is None:
-            after_ms = _header_ms(request.headers.get("last-event-id"))
-
-        async def track_ids() -> list[int]:
-            if track is not None:
-                return [track]
-            return [int(t) for t in await r.zrange(keys.tracks(sid), 0, -1)]
-
-        async def start_id(key: str) -> str:
-            if after_ms is not None:
-                return f"{after_ms}-0"
-            top = await r.xrevrange(key, "+", "-", count=1)
-            return top[0][0] if top else "0-0"
-
-        streams: dict[str, str] = {}
-        tid_of: dict[str, int] = {}
-        for t in await track_ids():
-            k = keys.track(sid, t)
-            streams[k], tid_of[k] = await start_id(k), t
-
-        async def events() -> AsyncIterator[str]:
-            try:
-                async for chunk in _events():
-                    yield chunk
-            finally:
-                release()
-
-        async def _events() -> AsyncIterator[str]:
-            ready = {"session_id": sid, "tracks": sorted(tid_of.values())}
-            yield f"retry: 2000\nevent: ready\ndata: {json.dumps(ready)}\n\n"
-            sent = 0
-            last_out = time.monotonic()
-            stop_at = None if max_duration_s is None else last_out + max_duration_s
-            n_tracks = len(tid_of)
-            while True:
-                if await request.is_disconnected():
-                    return
-                if stop_at is not None and time.monotonic() >= stop_at:
-                    yield f"event: timeout\ndata: {json.dumps({'sent': sent})}\n\n"
-                    return
-                if track is None and await r.zcard(keys.tracks(sid)) != n_tracks:
-                    for t in await track_ids():
-                        k = keys.track(sid, t)
-                        if k not in streams:  # a new track: all its points are new
-                            streams[k] = f"{after_ms}-0" if after_ms is not None else "0-0"
-                            tid_of[k] = t
-                    n_tracks = len(tid_of)
-                if streams:
-                    resp = await r.xread(streams, count=500, block=block_ms)
-                else:
-                    await asyncio.sleep(block_ms / 1000)
-                    resp = []
-                for k, entries in resp or []:
-                    for eid, fields in entries:
-                        streams[k] = eid
-                        pt = TimelinePoint.from_fields(sid, tid_of[k], eid, fields)
-                        data = point_out(pt).model_dump_json()
-                        yield f"id: {pt.ts_ms}\nevent: point\ndata: {data}\n\n"
-                        sent += 1
-                        last_out = time.monotonic()
-                        if max_events is not None and sent >= max_events:
-                            return
-                if not resp:
-                    status = await r.hget(keys.meta(sid), "status")
-                    if status is not None and status != "running":
-                        yield f"event: end\ndata: {json.dumps({'status': status})}\n\n"
-                        return
-                    if time.monotonic() - last_out >= heartbeat_s:
-                        yield ": keep-alive\n\n"
-                        last_out = time.monotonic()
-
-        gen = events()
-        weakref.finalize(gen, release)  # a stream never started still gives its slot back
-        return StreamingResponse(gen, media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache",
-                                          "X-Accel-Buffering": "no"})
 
     app.include_router(v1)
     from affectstream.pipeline.api.cluster import cluster_router
 
     app.include_router(cluster_router(require_token))  # GET /v1/cluster
+    add_web_routes(app)  # dashboard at /, Swagger UI at /docs, ReDoc at /redoc (no CDN)
 
     async def _redis_down(_req: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": f"redis unreachable: {type(exc).__name__}: {exc}"},

@@ -147,10 +147,15 @@ def run_kafka_bench(video: str, cfg: PipelineConfig, redis_url: str, *,
             say(f"bench --kafka: publishing {len(frames)} frames ({w}x{h}) x {streams} "
                 f"session(s) at {fps:g} frames/s each…")
             sent = [0]
+            from affectstream.pipeline.bench.cpu import CpuMeter
+
+            meter = CpuMeter()
+            cpu0 = meter.sample()
             th = threading.Thread(target=_publish, daemon=True, args=(
                 producer, topic, sessions, frames, w, h, fps, sent))
             th.start()
             rows = _wait_frames(svc, set(sessions), n, len(frames) / fps + 300)
+            cpu_ms_per_frame = 1000 * (meter.sample() - cpu0) / max(1, len(rows))
             th.join(60)
             if len(rows) < n:
                 raise RuntimeError(f"only {len(rows)} of {n} published frames were analysed")
@@ -174,7 +179,9 @@ def run_kafka_bench(video: str, cfg: PipelineConfig, redis_url: str, *,
             _delete_topics(boot, [topic, topic + ".dlq"], ckw)
             _end_sessions(redis_url, cfg, sessions + [f"bench-{tag}-warm",
                                                       f"bench-{tag}-backlog"])
-    return _report(video, cfg, bcfg, fps, streams, rows, cap_rows, startup_s)
+    res = _report(video, cfg, bcfg, fps, streams, rows, cap_rows, startup_s)
+    res["summary"]["cpu_ms_per_frame"] = cpu_ms_per_frame
+    return res
 
 
 def _report(video: str, cfg: PipelineConfig, bcfg: PipelineConfig, fps: float, streams: int,

@@ -40,11 +40,23 @@ def run_bench(video: str, cfg: PipelineConfig, redis_url: str, streams: int = 1,
     warmup = 10
     marks: dict[str, float] = {}
 
+    from affectstream.pipeline.bench.cpu import CpuMeter
+    from affectstream.pipeline.runtime.warm import read_state
+
+    warm_state = None if os.environ.get("RAY_ADDRESS") else read_state()
+    meter = CpuMeter(warm_state["temp_dir"] if warm_state else None)
+    done = {"frames": 0}
+
     def on_progress(rep: Any, res: dict) -> None:
+        done["frames"] += 1
+        now = time.time()
         if rep.frames == warmup:
-            marks.setdefault("t_warm", time.time())
+            if "t_warm" not in marks:
+                marks["t_warm"], marks["cpu_warm"], marks["f_warm"] = now, meter.sample(), done["frames"]
             marks["n_warm"] = marks.get("n_warm", 0) + warmup
-        marks["t_last"] = time.time()
+        marks["t_last"] = now
+        if "t_warm" in marks and now - marks.get("t_cpu", 0) >= 0.5:  # psutil scan: not per frame
+            marks["t_cpu"], marks["cpu_last"], marks["f_last"] = now, meter.sample(), done["frames"]
 
     if console:
         rate = cfg.decode.analysis_fps
@@ -67,7 +79,8 @@ def run_bench(video: str, cfg: PipelineConfig, redis_url: str, streams: int = 1,
         for k, v in r.timings_ms.items():
             stage.setdefault(k, []).extend(v[warmup:])
         lat.extend(r.latencies_ms[warmup:])
-        batch.extend(r.batch_faces[warmup:])
+        # forwards that served frames after the warm-up (one forward serves several frames)
+        batch.extend(f for f, n in zip(r.batch_faces, r.batch_frames) if n > warmup)
     lat_s = _stats(lat)
     summary = {
         "frames_analysed": float(frames),
@@ -77,6 +90,10 @@ def run_bench(video: str, cfg: PipelineConfig, redis_url: str, streams: int = 1,
         "faces_per_batch_mean": float(np.mean(batch)) if batch else 0.0,
         "points_written": float(sum(r.points for r in reports)),
         "tracks": float(sum(len(r.tracks) for r in reports)),
+        "cpu_ms_per_frame": (1000 * (marks["cpu_last"] - marks["cpu_warm"])
+                             / max(1, marks["f_last"] - marks["f_warm"])
+                             if "cpu_last" in marks else float("nan")),
+        "warm_cluster": bool(warm_state),
         "frames_dropped_behind": float(
             sum(r.source_stats.get("dropped_behind", 0) for r in reports)),
     }

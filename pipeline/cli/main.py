@@ -102,7 +102,8 @@ def run(
     analysis_fps: Optional[float] = typer.Option(None, help="Frames/s analysed (media time)."),
     config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML file or preset."),
     fer_model: Optional[str] = typer.Option(None, help="Registry id or checkpoint .pt."),
-    au_model: Optional[str] = typer.Option(None, help="'geometric', registry id or .pt."),
+    au_model: Optional[str] = typer.Option(
+        None, help="'blendshape' (default), 'geometric' (faster), registry id or .pt."),
     max_frames: Optional[int] = typer.Option(None, help="Stop each stream after N frames."),
     allow_untrained: bool = typer.Option(
         False, "--allow-untrained", help="Run a model that has no trained weights (random "
@@ -377,6 +378,8 @@ def bench(
 
 def _mount() -> None:
     from affectstream.pipeline.cli.analyze import analyze_app
+    from affectstream.pipeline.cli.bench_curve import bench_curve_cli
+    from affectstream.pipeline.cli.bench_models import bench_models_cli
     from affectstream.pipeline.cli.cluster import cluster_cli
     from affectstream.pipeline.cli.eval_au import eval_au_cli
     from affectstream.pipeline.cli.kafka import kafka_cli
@@ -386,7 +389,8 @@ def _mount() -> None:
 
     app.add_typer(analyze_app, name="analyze")
     app.add_typer(sessions_app, name="sessions")
-    for sub in (data_cli, overlay_cli, kafka_cli, train_cli, eval_au_cli, cluster_cli):  # publish, serve, train, eval as top-level commands
+    for sub in (data_cli, overlay_cli, kafka_cli, train_cli, eval_au_cli, cluster_cli,
+                bench_curve_cli, bench_models_cli):  # publish, serve, train, eval as top-level commands
         app.registered_commands.extend(sub.registered_commands)
 
 

@@ -121,6 +121,24 @@ def sessions_delete(
     console.print(f"deleted session {session!r}: {n} keys")
 
 
+def point_extras(p: Any, as_json: bool) -> dict[str, Any]:
+    """A point's optional columns for ``timeline --format csv|json``: ``AU01_c``… (presence 0/1),
+    ``yaw`` ``pitch`` ``roll`` ``gaze_yaw`` ``gaze_pitch`` (degrees), landmarks (JSON: a list of
+    [x, y(, z)] in frame pixels; CSV: ``x_0``… ``y_0``… ``z_0``…) — only those the point has."""
+    from affectstream.operators.records import POSE_FIELDS
+
+    row: dict[str, Any] = {f"{k}_c": v for k, v in p.au_presence.items()}
+    row.update({k: round(getattr(p, k), 2) for k in POSE_FIELDS if getattr(p, k) is not None})
+    if p.landmarks is not None:
+        if as_json:
+            row["landmarks"] = p.landmarks.round(1).tolist()
+        else:
+            for d, axis in enumerate("xyz"[:p.landmarks.shape[1]]):
+                row.update({f"{axis}_{j}": round(float(v), 1)
+                            for j, v in enumerate(p.landmarks[:, d])})
+    return row
+
+
 @data_cli.command()
 def timeline(
     session: str = typer.Argument(..., help="Session id."),
@@ -155,13 +173,15 @@ def timeline(
             row.update({f"sal_{k}": round(v, 3) for k, v in p.saliency.items()})
             row.update(dict(zip(("x1", "y1", "x2", "y2"), p.bbox_xyxy)))
             row["det_score"] = p.det_score
+            row.update(point_extras(p, fmt == "json"))
             rows.append(row)
         if fmt == "json":
             print_json(rows)
         else:
             import csv
 
-            w = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]), lineterminator="\n")
+            names = list(dict.fromkeys(k for r in rows for k in r))  # union, first-seen order
+            w = csv.DictWriter(sys.stdout, fieldnames=names, lineterminator="\n")
             w.writeheader()
             w.writerows(rows)
     else:

@@ -1,8 +1,9 @@
 """The inference stage as a Ray Serve deployment shared by every stream.
 
-One request = one frame's face crops (DESIGN §4: a Serve call per single face costs ~4 ms here).
-``@serve.batch`` gathers requests of many frames and streams into one forward pass;
-``max_batch_size`` (requests) and ``batch_wait_timeout_s`` are tunable live via ``reconfigure``.
+One call = the face crops of one frame, or of several consecutive frames of one stream
+(``infer_many``; a Serve call costs ~2 ms of CPU whatever it carries, so streams send a few frames
+per call). ``@serve.batch`` gathers the calls of many streams into one forward pass;
+``max_batch_size`` (calls) and ``batch_wait_timeout_s`` are tunable live via ``reconfigure``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class Inference:
     Args:
         fer_model, saliency, au_model, device, half: see :class:`operators.analyze.FaceAnalyzer`.
         torch_threads: intra-op threads (0 = torch default).
-        max_batch_size: requests (frames) per batch.
+        max_batch_size: calls per forward (each one or more frames).
         batch_wait_timeout_s: wait to fill a batch, seconds.
     """
 
@@ -58,16 +59,23 @@ class Inference:
                     float(user_config.get("batch_wait_timeout_s", 0.005)))
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def infer(self, reqs: list[InferRequest]) -> list[InferResult]:
-        return await asyncio.to_thread(analyze_batch, self.analyzer, reqs)
+    async def infer(self, calls: list[list[InferRequest]]) -> list[list[InferResult]]:
+        """One forward over every frame of every queued call (a call = one frame, or several
+        frames of one stream from its :class:`~pipeline.runtime.coalesce.Coalescer`)."""
+        flat = [r for reqs in calls for r in reqs]
+        res = await asyncio.to_thread(analyze_batch, self.analyzer, flat)
+        out, i = [], 0
+        for reqs in calls:
+            out.append(res[i:i + len(reqs)])
+            i += len(reqs)
+        return out
 
     async def __call__(self, req: InferRequest) -> InferResult:
-        return await self.infer(req)
+        return (await self.infer([req]))[0]
 
     async def infer_many(self, reqs: list[InferRequest]) -> list[InferResult]:
-        """Several requests in one call (a stream's :class:`~pipeline.runtime.coalesce.
-        Coalescer`); they join the same ``@serve.batch`` queue as single requests."""
-        return list(await asyncio.gather(*(self.infer(r) for r in reqs)))
+        """Several frames in one call; they share one forward with the other queued calls."""
+        return await self.infer(list(reqs))
 
 
 def deploy(cfg: Any) -> Any:

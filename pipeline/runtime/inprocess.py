@@ -15,13 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from affectstream.operators.records import DISFA_AUS, EMOTIONS, FACE_REGIONS, TimelinePoint
+from affectstream.operators.records import DISFA_AUS, EMOTIONS, FACE_REGIONS, POSE_FIELDS, TimelinePoint
 
 if TYPE_CHECKING:
     import pandas as pd
 
 AU_PRESENCE_THRESHOLD = 1.0
-"""``AUxx_c`` = 1 where the intensity ``AUxx_r`` reaches this (FACS level A, "trace"), else 0."""
+"""For points without the AU model's own presence (``au_model: geometric``, older stored points):
+``AUxx_c`` = 1 where the intensity ``AUxx_r`` reaches this (FACS level A, "trace"), else 0."""
 
 
 def points_frame(points: Iterable[TimelinePoint], frame_of: dict[int, int] | None = None
@@ -37,13 +38,19 @@ def points_frame(points: Iterable[TimelinePoint], frame_of: dict[int, int] | Non
         ``pts_ms`` (media time, ms), ``track_id``, ``x1 y1 x2 y2`` (box, pixels), ``det_score``
         (0–1), ``emotion`` (dominant label), one probability column per canonical emotion
         (0–1; NaN for labels the model does not output), ``AU01_r``… (intensity 0–5),
-        ``AU01_c``… (presence 0/1, intensity >= :data:`AU_PRESENCE_THRESHOLD`), ``sal_<region>``
-        (0–1, NaN when saliency is off), ``valence``/``arousal`` (-1–1 or NaN); sorted by
-        ``timestamp_ms`` then ``track_id``.
+        ``AU01_c``… (presence 0/1: the AU model's own, per frame — ``blendshape``: that frame's
+        intensity >= 2.0 before smoothing — else smoothed intensity >=
+        :data:`AU_PRESENCE_THRESHOLD`), ``sal_<region>`` (0–1, NaN when saliency is off),
+        ``valence``/``arousal`` (-1–1 or NaN), ``yaw`` ``pitch`` ``roll`` (head pose, degrees;
+        NaN without ``au_model: blendshape``), ``gaze_yaw`` ``gaze_pitch`` (degrees, coarse);
+        when points carry landmarks (``inference.store_landmarks``) also ``x_0``… ``y_0``…
+        (``z_0``… for 3-D), frame pixels, as OpenFace names them. Sorted by ``timestamp_ms``
+        then ``track_id``.
     """
     import pandas as pd
 
     rows = []
+    n_lm = dims = 0
     for p in points:
         r: dict[str, Any] = {"session_id": p.session_id,
                              "frame": None if frame_of is None else frame_of.get(p.ts_ms),
@@ -56,16 +63,28 @@ def points_frame(points: Iterable[TimelinePoint], frame_of: dict[int, int] | Non
             r[f"{au}_r"] = p.au_intensity.get(au, np.nan)
         for au in DISFA_AUS:
             v = p.au_intensity.get(au)
-            r[f"{au}_c"] = pd.NA if v is None else int(v >= AU_PRESENCE_THRESHOLD)
+            c = p.au_presence.get(au)
+            r[f"{au}_c"] = (c if c is not None else pd.NA if v is None
+                            else int(v >= AU_PRESENCE_THRESHOLD))
         for reg in FACE_REGIONS:
             r[f"sal_{reg}"] = p.saliency.get(reg, np.nan)
         r["valence"] = np.nan if p.valence is None else p.valence
         r["arousal"] = np.nan if p.arousal is None else p.arousal
+        for k in POSE_FIELDS:
+            v = getattr(p, k)
+            r[k] = np.nan if v is None else v
+        if p.landmarks is not None:
+            lm = np.asarray(p.landmarks)
+            n_lm = max(n_lm, lm.shape[0])
+            dims = max(dims, lm.shape[1])
+            for d, axis in enumerate("xyz"[:lm.shape[1]]):
+                r.update({f"{axis}_{j}": float(v) for j, v in enumerate(lm[:, d])})
         rows.append(r)
     cols = (["session_id", "frame", "timestamp_ms", "pts_ms", "track_id", "x1", "y1", "x2", "y2",
              "det_score", "emotion", *EMOTIONS, *(f"{a}_r" for a in DISFA_AUS),
              *(f"{a}_c" for a in DISFA_AUS), *(f"sal_{r}" for r in FACE_REGIONS), "valence",
-             "arousal"])
+             "arousal", *POSE_FIELDS,
+             *(f"{axis}_{j}" for axis in "xyz"[:dims] for j in range(n_lm))])
     df = pd.DataFrame(rows, columns=cols)
     df["frame"] = df["frame"].astype("Int64")
     for au in DISFA_AUS:

@@ -20,13 +20,19 @@ class LocalInference:
     Args:
         analyzer: the models (expression, optional learned AUs, saliency).
         max_batch_size: most requests (frames) in one forward.
+        batch_wait_s: how long a forward waits for more requests when fewer than
+            ``max_batch_size`` are queued, seconds (as Serve's ``batch_wait_timeout_s``; 0 = take
+            what is queued).
     """
 
-    def __init__(self, analyzer: FaceAnalyzer, max_batch_size: int = 16) -> None:
-        if max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+    def __init__(self, analyzer: FaceAnalyzer, max_batch_size: int = 16,
+                 batch_wait_s: float = 0.0) -> None:
+        if max_batch_size < 1 or batch_wait_s < 0:
+            raise ValueError(f"need max_batch_size >= 1 and batch_wait_s >= 0, got "
+                             f"{max_batch_size}, {batch_wait_s}")
         self.analyzer = analyzer
         self.max_batch_size = max_batch_size
+        self.batch_wait_s = batch_wait_s
         self._pool = concurrent.futures.ThreadPoolExecutor(1, "local-inference")
         self._waiting: list[tuple[InferRequest, asyncio.Future]] = []
         self._busy = False
@@ -44,6 +50,8 @@ class LocalInference:
         try:
             while self._waiting:
                 await asyncio.sleep(0)  # let requests submitted in the same tick join
+                if self.batch_wait_s and len(self._waiting) < self.max_batch_size:
+                    await asyncio.sleep(self.batch_wait_s)
                 batch = self._waiting[:self.max_batch_size]
                 del self._waiting[:len(batch)]
                 try:

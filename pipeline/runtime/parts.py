@@ -29,4 +29,5 @@ def new_builder(cfg: PipelineConfig, labels: tuple[str, ...]) -> TimelineBuilder
     expression model's canonical label order."""
     s = cfg.smooth
     return TimelineBuilder(Smoother(s.emotion_half_life_ms, s.au_min_cutoff_hz, s.au_beta,
-                                    s.au_d_cutoff_hz, s.label_hysteresis, s.reset_gap_ms), labels)
+                                    s.au_d_cutoff_hz, s.label_hysteresis, s.reset_gap_ms), labels,
+                           store_landmarks=cfg.inference.store_landmarks)

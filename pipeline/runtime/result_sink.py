@@ -33,7 +33,10 @@ def point_json(p: TimelinePoint) -> dict[str, Any]:
             "au_intensity": p.au_intensity,
             "bbox_xyxy": None if any(math.isnan(v) for v in box) else box,
             "det_score": num(p.det_score), "saliency": p.saliency, "valence": num(p.valence),
-            "arousal": num(p.arousal)}
+            "arousal": num(p.arousal), "au_presence": p.au_presence, "yaw": num(p.yaw),
+            "pitch": num(p.pitch), "roll": num(p.roll), "gaze_yaw": num(p.gaze_yaw),
+            "gaze_pitch": num(p.gaze_pitch),
+            "landmarks": None if p.landmarks is None else p.landmarks.tolist()}
 
 
 class ResultTopicSink:

@@ -226,7 +226,8 @@ class SessionRunner:
             tracked = _failed(*head, meta)
         fut = None
         if len(tracked.faces):
-            req = InferRequest(tracked.crops, tracked.points01, self._saliency.mask(tracked))
+            req = InferRequest(tracked.crops, tracked.points01, self._saliency.mask(tracked),
+                               tracked.landmarks3d)
             fut = asyncio.ensure_future(self._infer_once(req))
         await self._put(_Pending(tracked, tag, fut, state, err))
 
@@ -358,8 +359,10 @@ class SessionRunner:
                     probs = np.zeros((0, len(self.builder.labels)), np.float32)
                     sal = au = None
                 t0 = time.perf_counter()
-                points = self.builder.build(self.session_id, t.ts_ms, t.pts_ms, t.faces, probs,
-                                            sal, au)
+                points = self.builder.build(
+                    self.session_id, t.ts_ms, t.pts_ms, t.faces, probs, sal, au,
+                    au_presence=getattr(res, "au_presence", None), pose=getattr(res, "pose", None),
+                    gaze=getattr(res, "gaze", None), landmarks3d=t.landmarks3d)
                 out.timings_ms["au+smooth"] = (time.perf_counter() - t0) * 1000
             except Exception as e:  # noqa: BLE001  (one bad frame never stops the session)
                 self._fail(out, "timeline_error", f"{type(e).__name__}: {e}")

@@ -163,7 +163,11 @@ class StreamActor:
         from affectstream.pipeline.runtime.coalesce import Coalescer
 
         many = handle.options(method_name="infer_many")
-        self.coalescer = Coalescer(lambda reqs: many.remote(reqs))
+        i = self.cfg.inference
+        self.coalescer = Coalescer(lambda reqs: many.remote(reqs), max_calls=2,
+                                   max_items=max(i.stream_batch_frames, i.max_batch_size),
+                                   min_items=i.stream_batch_frames,
+                                   linger_s=i.stream_linger_ms / 1000)
         self.runner = SessionRunner(
             self.session_id, self.stage, self.builder, self.coalescer, self.sink,
             window=self.cfg.max_in_flight, sink_retry=self.sink_retry,

@@ -31,6 +31,7 @@ class StreamReport:
     latencies_ms: list[float] = dataclasses.field(default_factory=list)
     timings_ms: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     batch_faces: list[int] = dataclasses.field(default_factory=list)
+    batch_frames: list[int] = dataclasses.field(default_factory=list)  # frame number of each
     source_stats: dict = dataclasses.field(default_factory=dict)
     total_frames: int | None = None
     live: bool = False
@@ -58,6 +59,7 @@ class StreamReport:
         self.latencies_ms.append(r["latency_ms"])
         if r["first_in_batch"] and r["batch_faces"]:
             self.batch_faces.append(r["batch_faces"])
+            self.batch_frames.append(self.frames)
         for k, v in r["timings_ms"].items():
             self.timings_ms.setdefault(k, []).append(v)
 

@@ -105,3 +105,17 @@ def test_clip_without_a_face_gives_no_track(clips):
     _, empty = clips
     res = _run(_stage(), empty)
     assert len(res) > 30 and all(len(r.faces) == 0 and r.error is None for r in res)
+
+
+def test_the_au_model_picks_the_landmarker(clips):
+    """blendshape (default): FaceMesh V2, 3-D points travel on; geometric: FaceMesh, 2-D only."""
+    face, _ = clips
+    v2 = _run(_stage(), face[:2])[-1]
+    assert v2.landmarks3d.shape == (1, 478, 3) and v2.faces.landmarks.shape == (1, 468, 2)
+    cfg = load_config("fast")
+    v1 = _run(FaceTrackStage.from_config(cfg), face[:2])[-1]
+    assert v1.landmarks3d is None and v1.faces.landmarks.shape == (1, 468, 2)
+    # the two meshes agree on the shared 468 points (same topology): median within 5 % of IOD
+    iod = np.linalg.norm(v1.faces.landmarks[0, 33] - v1.faces.landmarks[0, 263])
+    d = np.linalg.norm(v1.faces.landmarks[0] - v2.faces.landmarks[0], axis=1)
+    assert np.median(d) < 0.05 * iod

@@ -21,7 +21,8 @@ def write_session(redis_url: str, video: Path, session_id: str, analysis_fps: fl
     cfg = load_config(overrides=overrides)
     frames = list(VideoSource(str(video), session_id, analysis_fps=analysis_fps,
                               max_frames=max_frames))
-    analyzer = FaceAnalyzer(cfg.inference.fer_model, cfg.inference.saliency, "geometric", "cpu")
+    i = cfg.inference
+    analyzer = FaceAnalyzer(i.fer_model, i.saliency, i.au_model, "cpu")
     sink, retry = redis_session_sink(redis_url, cfg)
 
     async def main() -> None:

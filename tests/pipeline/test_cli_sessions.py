@@ -94,6 +94,22 @@ def test_timeline_limit_every_ms_and_lf_csv(stored):
     assert [p["ts_ms"] for p in rows] == [first[b] for b in sorted(first)]
 
 
+def test_timeline_csv_and_json_carry_presence_and_head_pose(stored):
+    url, _ = stored
+    r = cli("timeline", "clip1", "-f", "csv", "--redis-url", url)
+    assert r.returncode == 0, r.stderr
+    import io
+
+    df = pd.read_csv(io.StringIO(r.stdout))
+    assert len(df) == 12
+    assert {"AU12", "AU12_c", "yaw", "pitch", "roll", "gaze_yaw", "gaze_pitch"} <= set(df)
+    assert ((df["AU12"] >= 2.0).astype(int) == df["AU12_c"]).all()
+    assert df[["yaw", "pitch", "roll"]].abs().lt(45).all().all()
+    rows = json.loads(cli("timeline", "clip1", "-f", "json", "--redis-url", url).stdout)
+    assert all(isinstance(p["yaw"], float) and p["AU12_c"] in (0, 1) for p in rows)
+    assert "landmarks" not in rows[0]  # off by default
+
+
 def test_session_ttl_null_in_config_means_kept(tmp_path):
     from affectstream.pipeline.config import load_config
 

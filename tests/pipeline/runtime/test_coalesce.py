@@ -75,3 +75,23 @@ def test_a_failed_call_fails_only_its_requests() -> None:
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError):
         Coalescer(Backend(), max_calls=0)
+
+
+def test_min_items_waits_for_company_but_not_longer_than_linger() -> None:
+    async def main() -> None:
+        be = Backend()
+        be.release.set()
+        c = Coalescer(be, max_calls=1, min_items=3, linger_s=0.05)
+        first = [asyncio.ensure_future(c(i)) for i in range(2)]
+        await asyncio.sleep(0.01)
+        assert be.calls == []  # two queued: waiting for a third
+        third = asyncio.ensure_future(c(2))
+        await asyncio.gather(*first, third)
+        assert be.calls == [[0, 1, 2]]
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        assert await c(3) == "r3"  # alone: leaves when the linger is over
+        assert 0.04 <= loop.time() - t0 < 1.0
+        assert be.calls[-1] == [3]
+
+    asyncio.run(main())

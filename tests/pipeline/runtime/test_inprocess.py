@@ -25,6 +25,23 @@ def test_analyze_video_gives_one_row_per_face_per_frame(media):
     assert (df["x2"] > df["x1"]).all() and df["det_score"].between(0, 1).all()
 
 
+def test_dataframe_has_presence_pose_gaze_and_optional_landmarks(media):
+    df = affectstream.analyze_video(media("WolfgangLanger_Pexels.mp4"), max_frames=4)
+    assert {"AU12_r", "AU12_c", "yaw", "pitch", "roll", "gaze_yaw", "gaze_pitch"} <= set(df)
+    assert "x_0" not in df  # landmarks are off by default
+    for au in DISFA_AUS:  # the blendshape model's presence: smoothed intensity >= 2
+        assert (df[f"{au}_c"] == (df[f"{au}_r"] >= 2.0).astype(int)).all()
+    assert df[["yaw", "pitch", "roll"]].abs().lt(30).all().all()
+    geo = affectstream.analyze_video(media("WolfgangLanger_Pexels.mp4"), max_frames=2,
+                                     au_model="geometric")
+    assert list(geo.columns) == list(df.columns) and geo["yaw"].isna().all()
+    from affectstream.operators.decode import VideoSource
+
+    frames = VideoSource(str(media("WolfgangLanger_Pexels.mp4")), "lm", max_frames=2)
+    lm = affectstream.analyze_frames(frames, "lm", overrides={"inference": {"store_landmarks": True}})
+    assert {"x_477", "y_477", "z_477"} <= set(lm) and lm["x_0"].between(0, 640).all()
+
+
 def test_analyze_image_finds_every_face(media):
     df = affectstream.analyze_image(media("multi_face.jpg"))
     assert len(df) == 5 and sorted(df["track_id"]) == [1, 2, 3, 4, 5]
@@ -61,7 +78,8 @@ def test_read_timeline_gives_the_same_frame_shape_from_redis(media, redis_url):
 
     cfg = load_config()
     frames = list(VideoSource(str(media("single_face.mp4")), "rt1", max_frames=10))
-    analyzer = FaceAnalyzer(cfg.inference.fer_model, cfg.inference.saliency, "geometric", "cpu")
+    i = cfg.inference
+    analyzer = FaceAnalyzer(i.fer_model, i.saliency, i.au_model, "cpu")
     sink, retry = redis_session_sink(redis_url, cfg)
 
     async def main():
@@ -82,6 +100,10 @@ def test_read_timeline_gives_the_same_frame_shape_from_redis(media, redis_url):
     assert stored["timestamp_ms"].tolist() == local["timestamp_ms"].tolist()
     assert np.allclose(stored["happiness"], local["happiness"], atol=1e-3)
     assert np.allclose(stored["AU12_r"], local["AU12_r"], atol=1e-2)
+    # presence and head pose survive the Redis round trip (default AU model: blendshape)
+    assert stored["AU12_c"].tolist() == local["AU12_c"].tolist()
+    assert np.allclose(stored[["yaw", "pitch", "roll", "gaze_yaw"]],
+                       local[["yaw", "pitch", "roll", "gaze_yaw"]], atol=0.01)
     with pytest.raises(KeyError, match="no session"):
         affectstream.read_timeline("nope", redis_url=redis_url)
 

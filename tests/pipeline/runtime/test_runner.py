@@ -148,7 +148,8 @@ def test_two_sessions_share_inference_forwards(cfg, analyzer, frames):
     sink, results = ListSink(), []
 
     async def main():
-        infer = LocalInference(analyzer, max_batch_size=8)
+        # a forward waits 0.2 s for company: the two sessions' frames, submitted together, meet
+        infer = LocalInference(analyzer, max_batch_size=8, batch_wait_s=0.2)
         base = new_stage(cfg)
         runners = [SessionRunner(sid, new_stage(cfg, base), new_builder(cfg, analyzer.labels),
                                  infer, sink, window=4, on_result=results.append)
@@ -230,10 +231,10 @@ def test_each_failed_step_has_its_error_kind_and_async_results_come_in_order(cfg
             raise MemoryError("no room for the landmarks")
         return process(frame, meta)
 
-    def bad_build(sid, ts_ms, *a):
+    def bad_build(sid, ts_ms, *a, **kw):
         if ts_ms == frames[6].ts_ms:
             raise FloatingPointError("smoother diverged")
-        return build(sid, ts_ms, *a)
+        return build(sid, ts_ms, *a, **kw)
 
     stage.process, builder.build = bad_process, bad_build
     sink, results, tracked = PickySink(), [], []
@@ -268,3 +269,42 @@ def test_each_failed_step_has_its_error_kind_and_async_results_come_in_order(cfg
     states = [r.stage_state for r in results if r.stage_state is not None]
     assert states[0]["tracker"].last_ms == frames[0].pts_ms
     assert states[-1]["tracker"].last_ms == frames[11].pts_ms
+
+
+def test_blendshape_points_carry_presence_pose_and_gaze(cfg, analyzer, frames):
+    """The default AU model: learned AUs from the batched inference bypass the geometric
+    estimator; each point has presence agreeing with its smoothed intensity, head pose, gaze."""
+    from affectstream.operators.records import DISFA_AUS
+
+    assert cfg.inference.au_model == "blendshape"
+    sink, results = ListSink(), []
+    runner = _run(cfg, analyzer, ListSource(frames[:12]), sink, results=results)
+    pts = sink.all_points("s1")
+    assert len(pts) == 12 and not any(r.error for r in results)
+    assert all("au" in r.timings_ms for r in results)
+    for p in pts:
+        assert set(p.au_presence) == set(DISFA_AUS) == set(p.au_intensity)
+        assert all(p.au_presence[a] == int(p.au_intensity[a] >= 2.0) for a in DISFA_AUS)
+        assert all(0 <= v <= 5 for v in p.au_intensity.values())
+        assert all(abs(v) < 45 for v in (p.yaw, p.pitch, p.roll, p.gaze_yaw, p.gaze_pitch))
+        assert p.landmarks is None  # off by default
+    assert runner.builder.geo.snapshot() == {}  # the geometric estimator never ran
+
+
+def test_geometric_preset_and_stored_landmarks(frames):
+    cfg = load_config("fast", overrides={"inference": {"store_landmarks": True}})
+    assert cfg.inference.au_model == "geometric"
+    i = cfg.inference
+    geo = FaceAnalyzer(i.fer_model, i.saliency, i.au_model, "cpu")
+    sink = ListSink()
+    _run(cfg, geo, ListSource(frames[:4]), sink)
+    pts = sink.all_points("s1")
+    assert len(pts) == 4
+    assert all(p.au_presence == {} and p.yaw is None and p.gaze_yaw is None for p in pts)
+    assert all(p.landmarks.shape == (468, 2) for p in pts)
+
+    cfg3 = load_config(overrides={"inference": {"store_landmarks": True}})
+    sink3 = ListSink()
+    _run(cfg3, FaceAnalyzer(i.fer_model, i.saliency, "blendshape", "cpu"),
+         ListSource(frames[:2]), sink3)
+    assert all(p.landmarks.shape == (478, 3) for p in sink3.all_points("s1"))
