@@ -325,7 +325,7 @@ def create_app(redis_url: str | None = None, prefix: str = "affect",
     app.include_router(v1)
     from affectstream.pipeline.api.cluster import cluster_router
 
-    app.include_router(cluster_router(require_token))  # GET /v1/cluster
+    app.include_router(cluster_router(None if auth_token is None else require_token))
     add_web_routes(app)  # dashboard at /, Swagger UI at /docs, ReDoc at /redoc (no CDN)
 
     async def _redis_down(_req: Request, exc: Exception) -> JSONResponse:

@@ -101,9 +101,11 @@ def cluster_view() -> dict[str, Any]:
             "proxy_node_ids": sorted(proxies)}
 
 
-def cluster_router(require_token: Any) -> APIRouter:
-    """The ``/v1/cluster`` route, behind the same bearer-token dependency as ``/v1``."""
-    router = APIRouter(prefix="/v1", dependencies=[Depends(require_token)], tags=["cluster"])
+def cluster_router(require_token: Any = None) -> APIRouter:
+    """The ``/v1/cluster`` route (``GET /v1/cluster``), behind the same bearer-token dependency
+    as ``/v1`` (``require_token``; None = no token configured, no scheme declared)."""
+    deps = [] if require_token is None else [Depends(require_token)]
+    router = APIRouter(prefix="/v1", dependencies=deps, tags=["cluster"])
 
     @router.get("/cluster", response_model=ClusterOut,
                 responses={503: {"description": "Not running inside a Ray cluster."}})
