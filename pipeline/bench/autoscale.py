@@ -31,8 +31,9 @@ from affectstream.pipeline.config import PipelineConfig
 
 def clip_requests(cfg: PipelineConfig, video: str, fps: float = 10.0,
                   max_frames: int = 40) -> list[Any]:
-    """``InferRequest`` s of the frames of ``video`` (sampled at ``fps``) that hold a face: their
-    aligned crops (N,H,W[,3]) uint8 and FaceMesh points (N,468,2) in [0,1].
+    """``InferRequest`` s of the frames of ``video`` (sampled at ``fps``) that hold a face, as the
+    session runner builds them: aligned crops (N,H,W[,3]) uint8, FaceMesh points (N,468,2) in
+    [0,1], and the 3D landmarks (N,478,3) the face-track stage adds for ``au_model``.
 
     Raises:
         RuntimeError: no frame of the clip has a face.
@@ -46,7 +47,7 @@ def clip_requests(cfg: PipelineConfig, video: str, fps: float = 10.0,
     for fr in sampled_frames(video, fps, max_frames):
         tf = stage.process(fr)
         if len(tf.crops):
-            out.append(InferRequest(tf.crops, tf.points01))
+            out.append(InferRequest(tf.crops, tf.points01, None, tf.landmarks3d))
     if not out:
         raise RuntimeError(f"{video}: no face found to load the inference deployment with")
     return out
