@@ -83,6 +83,10 @@ def plot_curve(curves: list[dict], path: str | Path) -> Path:
                 name = c["mode"] + (f" @ {c['fps']:g} fps/stream" if c.get("fps") else "")
                 ax.plot(*zip(*pts), marker="o", label=name)
         ax.set_xscale("log", base=2)
+        ns = sorted({r["streams"] for c in curves for r in c["rows"]})
+        ax.set_xticks(ns, [str(n) for n in ns])
+        if key == "latency_p50_ms":
+            ax.set_yscale("log")
         ax.set_xlabel("concurrent streams N")
         ax.set_title(label, fontsize=10)
         ax.grid(alpha=0.3)

@@ -46,9 +46,17 @@ def bench_curve(
     also: Optional[list[Path]] = typer.Option(None, "--also", help="Earlier bench-curve JSON "
                                               "to draw in the same plot (e.g. files + Kafka)."),
     as_json: bool = typer.Option(False, "--json", help="The curve as JSON on stdout."),
+    plot_only: bool = typer.Option(False, "--plot-only", help="Run nothing: draw the --also "
+                                   "JSON files into --plot."),
 ) -> None:
     """Total frames/s, p50/p99 latency, faces per forward and CPU per frame for N streams."""
     from affectstream.pipeline.bench.curve import ROW_KEYS, plot_curve, run_curve
+
+    if plot_only:
+        if not plot or not also:
+            fail("--plot-only needs --plot and at least one --also JSON", 2)
+        console.print(f"plot written to {plot_curve([json.loads(p.read_text()) for p in also], plot)}")
+        return
 
     ns = _ns(streams)
     if video is None:
