@@ -98,16 +98,6 @@ def read_state() -> dict[str, Any] | None:
     return st
 
 
-def _ray_env() -> dict[str, str]:
-    from affectstream.pipeline.runtime.ray_net import LOOPBACK_ENV
-
-    env = dict(os.environ)
-    env.pop("RAY_ADDRESS", None)
-    env[LOOPBACK_ENV] = "0"
-    env.setdefault("RAY_AUTH_MODE", "disabled")
-    return env
-
-
 def up(cfg: PipelineConfig, port: int = DEFAULT_PORT, num_cpus: int | None = None) -> dict:
     """Start the warm cluster (or reuse the running one) and deploy inference into it.
 
@@ -125,10 +115,12 @@ def up(cfg: PipelineConfig, port: int = DEFAULT_PORT, num_cpus: int | None = Non
             raise WarmClusterError(f"port {port} is in use by something else; pass --port")
         temp_dir = f"/tmp/affectstream-ray-{port}"
         # Ray's CLI through this interpreter: no `ray` script needs to sit beside it
-        cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-               "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}",
+        cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={port}",
+               "--node-ip-address=127.0.0.1", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}",
                f"--num-cpus={num_cpus or cfg.ray_num_cpus or os.cpu_count() or 1}"]
-        r = subprocess.run(cmd, env=_ray_env(), capture_output=True, text=True, timeout=120)
+        from affectstream.pipeline.runtime.local_cluster import ray_env
+
+        r = subprocess.run(cmd, env=ray_env(), capture_output=True, text=True, timeout=120)
         if r.returncode != 0:
             tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
             raise WarmClusterError(f"ray start failed (exit {r.returncode}): {tail[0]}")
