@@ -3,8 +3,8 @@
 Answered from inside the cluster (the ``QueryAPI`` Serve replica): nodes from the GCS
 (``ray.nodes()``), replicas, proxies and the controller from the Serve controller's details
 (what ``serve status`` and the dashboard show), and the alive actors per node from the GCS
-actor table — so it works without Ray's dashboard. Outside Ray (``affectstream api``) it
-answers 503.
+actor table — so it works without Ray's dashboard. An API process that is not part of a Ray
+cluster answers ``in_cluster: false`` with empty lists (a state, not a server error).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import asyncio
 from collections import Counter
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
 
@@ -39,6 +39,8 @@ class ReplicaOut(BaseModel):
 
 
 class ClusterOut(BaseModel):
+    in_cluster: bool = Field(description="False when this API process is not part of a Ray "
+                             "cluster (then every list is empty).")
     nodes: list[NodeOut]
     replicas: list[ReplicaOut]
     controller_node_id: str | None = Field(description="Node of the Serve controller.")
@@ -97,7 +99,7 @@ def cluster_view() -> dict[str, Any]:
             "replicas": dict(per_node.get(nid, {})), "actors": dict(actors.get(nid, {}))})
     ctrl = details.get("controller_info") or {}
     proxies = details.get("proxies") or {}
-    return {"nodes": nodes, "replicas": replicas, "controller_node_id": ctrl.get("node_id"),
+    return {"in_cluster": True, "nodes": nodes, "replicas": replicas, "controller_node_id": ctrl.get("node_id"),
             "proxy_node_ids": sorted(proxies)}
 
 
@@ -107,14 +109,19 @@ def cluster_router(require_token: Any = None) -> APIRouter:
     deps = [] if require_token is None else [Depends(require_token)]
     router = APIRouter(prefix="/v1", dependencies=deps, tags=["cluster"])
 
-    @router.get("/cluster", response_model=ClusterOut,
-                responses={503: {"description": "Not running inside a Ray cluster."}})
+    responses = {} if require_token is None else {
+        401: {"description": "Bad or missing token.",
+              "content": {"application/json": {"schema": {
+                  "type": "object", "properties": {"detail": {"type": "string"}}}}}}}
+
+    @router.get("/cluster", response_model=ClusterOut, responses=responses)
     async def get_cluster() -> dict[str, Any]:
         """Ray nodes (address, labels, resources, alive) and the Serve replicas and actors on
-        each."""
+        each; ``in_cluster: false`` and empty lists outside a Ray cluster."""
         try:
             return await asyncio.to_thread(cluster_view)
-        except RuntimeError as e:
-            raise HTTPException(503, str(e)) from None
+        except RuntimeError:
+            return {"in_cluster": False, "nodes": [], "replicas": [], "controller_node_id": None,
+                    "proxy_node_ids": []}
 
     return router
