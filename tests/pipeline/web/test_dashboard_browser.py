@@ -30,10 +30,23 @@ def _text(d, css: str) -> str:
     return d.find_element(By.CSS_SELECTOR, css).text
 
 
+def _shown(d, css: str) -> str:
+    """The element's text for a failure message; the page may be re-rendering it right now."""
+    from selenium.common.exceptions import WebDriverException
+
+    try:
+        return _text(d, css)
+    except WebDriverException as e:
+        return f"<{type(e).__name__}>"
+
+
 def _until(d, what, message: str):  # noqa: ANN001, ANN202
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(d, WAIT_S, poll_frequency=0.1).until(what, message)
+    # the page replaces elements as points arrive: a reference that went stale is read again
+    return WebDriverWait(d, WAIT_S, poll_frequency=0.1, ignored_exceptions=(
+        NoSuchElementException, StaleElementReferenceException)).until(what, message)
 
 
 def _stored_points(store: TimelineStore, sid: str) -> int:
@@ -48,19 +61,24 @@ def _check_session_view(d, store: TimelineStore, sid: str) -> None:
     n = _stored_points(store, sid)
     tracks = [t for t, _ in store.tracks(sid)]
     _until(d, lambda d: _text(d, "#point-count") == str(n),
-           f"{sid}: page never showed the {n} stored points (shows {_text(d, '#point-count')})")
+           f"{sid}: page never showed the {n} stored points (shows {_shown(d, '#point-count')})")
     _until(d, lambda d: _text(d, '#session-meta dd[data-field="stored points"]') == str(n),
            f"{sid}: session details never showed {n} stored points")
-    charts = d.find_elements(By.CSS_SELECTOR, "#emotion-charts svg[data-track]")
-    assert sorted(int(c.get_attribute("data-track")) for c in charts) == tracks
     labels = set(store.timeline(sid, limit=1)[0].emotion_probs)
-    for c in charts:  # one line per emotion label (a dot when a track has a single point)
-        drawn = c.find_elements(By.CSS_SELECTOR, "polyline, circle")
-        assert {e.get_attribute("data-label") for e in drawn} == labels
-    maps = d.find_elements(By.CSS_SELECTOR, "#au-heatmaps canvas[data-track]")
-    assert len(maps) == len(tracks)
-    assert all(int(m.get_attribute("data-bins")) >= 1 for m in maps)
-    assert sum(int(m.get_attribute("data-points")) for m in maps) == n
+
+    def drawn(d) -> bool:  # noqa: ANN001  (a re-render mid-read makes _until read again)
+        charts = d.find_elements(By.CSS_SELECTOR, "#emotion-charts svg[data-track]")
+        assert sorted(int(c.get_attribute("data-track")) for c in charts) == tracks
+        for c in charts:  # one line per emotion label (a dot when a track has a single point)
+            lines = c.find_elements(By.CSS_SELECTOR, "polyline, circle")
+            assert {e.get_attribute("data-label") for e in lines} == labels
+        maps = d.find_elements(By.CSS_SELECTOR, "#au-heatmaps canvas[data-track]")
+        assert len(maps) == len(tracks)
+        assert all(int(m.get_attribute("data-bins")) >= 1 for m in maps)
+        assert sum(int(m.get_attribute("data-points")) for m in maps) == n
+        return True
+
+    _until(d, drawn, f"{sid}: charts and heat maps")
     _until(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#summary tbody tr[data-track]"))
            == len(tracks), f"{sid}: summary rows")
 
