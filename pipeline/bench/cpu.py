@@ -26,12 +26,9 @@ class CpuMeter:
         for p in me.children(recursive=True):
             procs[p.pid] = p
         if self.temp_dir:
-            for p in psutil.process_iter(["cmdline"]):
-                try:
-                    if any(self.temp_dir in a for a in p.info["cmdline"] or []):
-                        procs[p.pid] = p
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
-                    continue
+            from affectstream.pipeline.runtime.warm import processes_of
+
+            procs.update((p.pid, p) for p in processes_of(self.temp_dir))
         return procs
 
     def sample(self) -> float:

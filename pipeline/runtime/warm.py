@@ -171,6 +171,21 @@ def deploy_inference(cfg: PipelineConfig, st: dict[str, Any]) -> bool:
     return True
 
 
+def processes_of(temp_dir: str) -> list:
+    """The live processes (``psutil.Process``) whose command line names ``temp_dir``: the
+    GCS, raylet, agents and workers of the Ray cluster that lives there."""
+    import psutil
+
+    procs = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(temp_dir in a for a in proc.info["cmdline"] or []):
+                procs.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return procs
+
+
 def down() -> bool:
     """Stop the warm cluster's processes (SIGTERM, then SIGKILL after 10 s) and forget it.
     Returns False when none was recorded."""
@@ -181,13 +196,7 @@ def down() -> bool:
         temp_dir = str(json.loads(p.read_text())["temp_dir"])
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    procs = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if any(temp_dir in a for a in proc.info["cmdline"] or []):
-                procs.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
+    procs = processes_of(temp_dir)
     # raylet/GCS first so workers are not restarted meanwhile
     for proc in procs:
         try:

@@ -23,7 +23,7 @@ from typing import Any
 import redis
 
 from affectstream.operators.records import TimelinePoint
-from affectstream.pipeline.store.summary import TrackSummary, _SummaryAcc  # noqa: F401  (TrackSummary: the return type of TimelineStore.summary)
+from affectstream.pipeline.store.summary import TrackSummary, _SummaryAcc
 
 
 class Keys:

@@ -12,6 +12,7 @@ import psutil
 import pytest
 import redis
 
+from affectstream.pipeline.runtime.warm import processes_of
 from affectstream.pipeline.store.redis_store import TimelineStore
 from tests.conftest import free_port
 
@@ -21,17 +22,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 def _cli(env: dict, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "affectstream.pipeline.cli.main", *args],
                           capture_output=True, text=True, timeout=300, env=env)
-
-
-def _procs(temp_dir: str) -> list[psutil.Process]:
-    out = []
-    for p in psutil.process_iter(["cmdline"]):
-        try:
-            if any(temp_dir in a for a in p.info["cmdline"] or []):
-                out.append(p)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return out
 
 
 def test_up_run_joins_down(tmp_path, media, redis_url: str) -> None:
@@ -45,7 +35,7 @@ def test_up_run_joins_down(tmp_path, media, redis_url: str) -> None:
         assert info["address"] == f"127.0.0.1:{port}" and info["reused"] is False
         state = json.loads((tmp_path / "warm-cluster.json").read_text())
         temp_dir = state["temp_dir"]
-        assert _procs(temp_dir), "no Ray process of the warm cluster"
+        assert processes_of(temp_dir), "no Ray process of the warm cluster"
         again = _cli(env, "up", "--port", str(port), "--json")
         assert again.returncode == 0 and json.loads(again.stdout)["reused"] is True
 
@@ -57,11 +47,11 @@ def test_up_run_joins_down(tmp_path, media, redis_url: str) -> None:
             assert f"joining the warm cluster at 127.0.0.1:{port}" in r.stdout + r.stderr
             store = TimelineStore(redis.Redis.from_url(redis_url, decode_responses=True))
             assert sum(store.count_points(sid).values()) == 20
-            assert _procs(temp_dir), "run stopped the warm cluster"
+            assert processes_of(temp_dir), "run stopped the warm cluster"
     finally:
         down = _cli(env, "down")
     assert down.returncode == 0 and "stopped" in down.stdout
     assert not (tmp_path / "warm-cluster.json").exists()
-    psutil.wait_procs(_procs(temp_dir), timeout=15)
-    assert _procs(temp_dir) == []
+    psutil.wait_procs(processes_of(temp_dir), timeout=15)
+    assert processes_of(temp_dir) == []
     assert "no warm cluster" in _cli(env, "down").stdout
