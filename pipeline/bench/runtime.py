@@ -53,17 +53,26 @@ def run_bench(video: str, cfg: PipelineConfig, redis_url: str, streams: int = 1,
         if rep.frames == warmup:
             if "t_warm" not in marks:
                 marks["t_warm"], marks["cpu_warm"], marks["f_warm"] = now, meter.sample(), done["frames"]
+                marks["t_cpu"] = now
             marks["n_warm"] = marks.get("n_warm", 0) + warmup
         marks["t_last"] = now
-        if "t_warm" in marks and now - marks.get("t_cpu", 0) >= 0.5:  # psutil scan: not per frame
-            marks["t_cpu"], marks["cpu_last"], marks["f_last"] = now, meter.sample(), done["frames"]
+        if "t_warm" in marks and now - marks["t_cpu"] >= 0.5:  # psutil scan: not per frame
+            sample_cpu()
+
+    def sample_cpu(_reports: Any = None) -> None:
+        # also once at the end, while the stream actors still live (a short clip may end
+        # within the first 0.5 s after the warm-up)
+        if "t_warm" in marks:
+            marks["t_cpu"], marks["cpu_last"], marks["f_last"] = (
+                time.time(), meter.sample(), done["frames"])
 
     if console:
         rate = cfg.decode.analysis_fps
         console.print(f"bench: {streams} stream(s) of {video} "
                       f"({'every frame' if not rate else f'{rate:g} frames/s analysed'})…")
     try:
-        reports = run_streams(sources, cfg, redis_url, on_progress, max_frames=max_frames)
+        reports = run_streams(sources, cfg, redis_url, on_progress, max_frames=max_frames,
+                              on_finished=sample_cpu)
     finally:
         dag.shutdown()
     errors = [r.error for r in reports if r.error]
@@ -92,7 +101,8 @@ def run_bench(video: str, cfg: PipelineConfig, redis_url: str, streams: int = 1,
         "tracks": float(sum(len(r.tracks) for r in reports)),
         "cpu_ms_per_frame": (1000 * (marks["cpu_last"] - marks["cpu_warm"])
                              / max(1, marks["f_last"] - marks["f_warm"])
-                             if "cpu_last" in marks else float("nan")),
+                             if marks.get("f_last", 0) > marks.get("f_warm", 0)
+                             else float("nan")),
         "warm_cluster": bool(warm_state),
         "frames_dropped_behind": float(
             sum(r.source_stats.get("dropped_behind", 0) for r in reports)),

@@ -68,7 +68,8 @@ def run_streams(sources: list[tuple[str, str]], cfg: PipelineConfig, redis_url: 
                 on_progress: Callable[[StreamReport, dict], None] | None = None,
                 on_start: Callable[[list[StreamReport]], None] | None = None,
                 max_frames: int | None = None,
-                on_status: Callable[[StreamReport, dict], None] | None = None
+                on_status: Callable[[StreamReport, dict], None] | None = None,
+                on_finished: Callable[[list[StreamReport]], None] | None = None
                 ) -> list[StreamReport]:
     """Analyse several sources at once, sharing one inference deployment.
 
@@ -82,6 +83,8 @@ def run_streams(sources: list[tuple[str, str]], cfg: PipelineConfig, redis_url: 
         on_status: called about every 2 s with (report, Redis state) for each running stream:
             ``{"waiting": bool, "waiting_s", "attempts", "last_error"}`` (lets the caller show
             "waiting for Redis").
+        on_finished: called once every stream ended, before its actor is stopped (a CPU meter
+            can still read the actors' processes then).
 
     Returns:
         One :class:`StreamReport` per source, in input order; a stream that failed has ``error``.
@@ -146,6 +149,8 @@ def run_streams(sources: list[tuple[str, str]], cfg: PipelineConfig, redis_url: 
                 del polls[i]
             else:
                 polls[i] = actors[i].poll.remote()
+    if on_finished:
+        on_finished(reports)
     for i, actor in actors.items():
         rep = reports[i]
         rep.wall_s = time.time() - t0[i]
