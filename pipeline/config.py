@@ -102,7 +102,9 @@ class InferenceConfig(_Frozen):
         "several times the forward). 0 = every frame.")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
     half: bool = Field(False, description="fp16 inference on CUDA.")
-    torch_threads: int = Field(0, ge=0, description="Torch intra-op threads; 0 = one per core.")
+    torch_threads: int = Field(0, ge=0, description="Torch intra-op threads; 0 = automatic: 1 in "
+                               "the per-stream stages and the Python API (their stages already run "
+                               "in parallel threads), torch's default in the inference replicas.")
     max_batch_size: int = Field(
         16, ge=1, description="Inference calls per batched forward (a call: one frame, or "
         "stream_batch_frames frames of one stream, each with all its faces).")

@@ -13,7 +13,11 @@ from affectstream.operators.records import DISFA_AUS, EMOTIONS
 
 
 def test_analyze_video_gives_one_row_per_face_per_frame(media):
+    import torch
+
+    torch.set_num_threads(2)  # the caller's setting, changed for the run, comes back after it
     df = affectstream.analyze_video(media("single_face.mp4"), max_frames=20)
+    assert torch.get_num_threads() == 2
     assert len(df) == 20 and df["frame"].tolist() == list(range(20))
     assert df["track_id"].unique().tolist() == [1]
     assert df["timestamp_ms"].is_monotonic_increasing
