@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from affectstream.models._layers import (Conv2dSame, depthwise, max_pool_same, pad_channels, pointwise,
+from affectstream.models._layers import (Conv2dSame, depthwise, max_pool_same, pointwise,
                             tflite_state_dict)
 from affectstream.models._tflite import read_tflite
 from affectstream.models.registry import ModelCard, register_model
@@ -65,9 +65,13 @@ class BlazeBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         h = self.pw1(self.dw1(x))
         if self.double:
-            h = self.pw2(self.dw2(F.relu(h)))
+            h = self.pw2(self.dw2(h.relu_()))
         r = max_pool_same(x, 2, 2) if self.stride == 2 else x
-        return F.relu(h + pad_channels(r, self.out_ch))
+        # h is this block's own fresh tensor: add the shortcut into its first channels and
+        # rectify in place (zero-padding the shortcut's channels, then two more full-size
+        # tensors, cost ~1/4 of a forward in element-wise traffic on CPU)
+        h[:, :r.shape[1]].add_(r)
+        return h.relu_()
 
 
 def _flatten_head(t: torch.Tensor, per_anchor: int) -> torch.Tensor:

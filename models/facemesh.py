@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from affectstream.models._layers import Conv2dSame, depthwise, pad_channels, pointwise, tflite_state_dict
+from affectstream.models._layers import Conv2dSame, depthwise, pointwise, tflite_state_dict
 from affectstream.models._tflite import read_tflite
 from affectstream.models.registry import ModelCard, register_model
 from affectstream.models.weights import artifact_path, register_converter
@@ -44,7 +44,8 @@ class ResBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         h = self.pw(self.dw(x))
         r = nn.functional.max_pool2d(x, 2, 2) if self.stride == 2 else x
-        return self.act(h + pad_channels(r, self.out_ch))
+        h[:, :r.shape[1]].add_(r)  # shortcut into the first channels of h (its own tensor): no
+        return self.act(h)          # zero-padded copy of the shortcut, no third tensor
 
 
 class _Head(nn.Module):

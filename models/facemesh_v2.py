@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from affectstream.models._layers import depthwise, pad_channels, pointwise, tflite_state_dict
+from affectstream.models._layers import depthwise, pointwise, tflite_state_dict
 from affectstream.models._tflite import read_tflite
 from affectstream.models.registry import ModelCard, register_model
 from affectstream.models.weights import artifact_path, register_converter
@@ -54,7 +54,8 @@ class Bottleneck(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         h = self.up(self.dw(self.reduce_act(self.reduce(x))))
         r = nn.functional.max_pool2d(x, 2, 2) if self.down else x
-        return self.act(h + pad_channels(r, self.out_ch))
+        h[:, :r.shape[1]].add_(r)  # shortcut into the first channels of h (its own tensor): no
+        return self.act(h)          # zero-padded copy of the shortcut, no third tensor
 
 
 # -------------------------------------------------------------------------------------- model
