@@ -28,7 +28,14 @@ class CpuMeter:
         if self.temp_dir:
             from affectstream.pipeline.runtime.warm import processes_of
 
-            procs.update((p.pid, p) for p in processes_of(self.temp_dir))
+            for p in processes_of(self.temp_dir):
+                procs[p.pid] = p
+                # workers retitle themselves ("ray::StreamActor"), so their command line no
+                # longer names the temp dir: they are found as the raylet's children
+                try:
+                    procs.update((c.pid, c) for c in p.children(recursive=True))
+                except psutil.Error:
+                    continue
         return procs
 
     def sample(self) -> float:

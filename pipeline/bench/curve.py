@@ -14,7 +14,7 @@ from typing import Any
 from affectstream.pipeline.config import PipelineConfig
 
 ROW_KEYS = ("frames_per_s", "latency_p50_ms", "latency_p99_ms", "faces_per_batch_mean",
-            "cpu_ms_per_frame", "frames_analysed")
+            "cpu_ms_per_frame", "frames_analysed", "warm_cluster")
 
 
 def run_curve(video: str, cfg: PipelineConfig, redis_url: str, streams: list[int], *,

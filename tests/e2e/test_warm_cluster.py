@@ -48,6 +48,14 @@ def test_up_run_joins_down(tmp_path, media, redis_url: str) -> None:
             store = TimelineStore(redis.Redis.from_url(redis_url, decode_responses=True))
             assert sum(store.count_points(sid).values()) == 20
             assert processes_of(temp_dir), "run stopped the warm cluster"
+        # bench joins too, and its CPU meter counts the warm cluster's workers (retitled
+        # "ray::…", found as the raylet's children): FaceMesh alone costs > 3 ms per frame
+        out = tmp_path / "curve.json"
+        b = _cli(env, "--quiet", "bench-curve", clip, "--streams", "1", "--max-frames", "40",
+                 "--redis-url", redis_url, "-o", str(out))
+        assert b.returncode == 0, b.stderr + b.stdout
+        row = json.loads(out.read_text())["rows"][0]
+        assert row["warm_cluster"] is True and row["cpu_ms_per_frame"] > 3.0, row
     finally:
         down = _cli(env, "down")
     assert down.returncode == 0 and "stopped" in down.stdout
