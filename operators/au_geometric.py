@@ -176,9 +176,7 @@ class GeometricAU:
         h = self._hist.get(track_id)
         if h is None or len(h) < self.warmup:
             return PRIOR.copy()
-        arr = np.array(h)
-        lo = np.quantile(arr, self.q, axis=0)
-        hi = np.quantile(arr, 1 - self.q, axis=0)
+        lo, hi = np.quantile(np.array(h), (self.q, 1 - self.q), axis=0)  # one partition, both
         return np.where(_GROWS, lo, hi)
 
     def update(self, track_ids: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
