@@ -91,12 +91,6 @@ def max_pool_same(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
     return F.max_pool2d(pad_same(x, kernel, stride, value=float("-inf")), kernel, stride)
 
 
-def pad_channels(x: torch.Tensor, out_ch: int) -> torch.Tensor:
-    """Zero-pad the channel axis of an NCHW tensor at the end up to ``out_ch`` channels."""
-    extra = out_ch - x.shape[1]
-    return F.pad(x, (0, 0, 0, 0, 0, extra)) if extra > 0 else x
-
-
 # ----------------------------------------------------------------- weight transfer from tflite
 
 _KINDS = ("CONV_2D", "DEPTHWISE_CONV_2D", "PRELU")

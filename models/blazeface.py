@@ -39,7 +39,7 @@ class BlazeBlock(nn.Module):
     ``branch`` is depthwise 3x3 (stride 1 or 2) -> 1x1 conv to ``out_ch`` (single block), or, when
     ``mid_ch`` is given, depthwise -> 1x1 to ``mid_ch`` -> ReLU -> depthwise -> 1x1 to ``out_ch``
     (double block). ``shortcut`` is identity, 2x2/2 max-pooled when strided, zero-padded in
-    channels when ``out_ch > in_ch``.
+    channels when ``out_ch > in_ch`` (added into the first ``in_ch`` channels).
 
     Args:
         in_ch: input channels.
@@ -54,7 +54,6 @@ class BlazeBlock(nn.Module):
             raise ValueError(f"BlazeBlock needs out_ch >= in_ch and stride 1|2, got "
                              f"{in_ch}->{out_ch} stride {stride}")
         self.stride = stride
-        self.out_ch = out_ch
         self.dw1 = depthwise(in_ch, 3, stride)
         self.pw1 = pointwise(in_ch, mid_ch or out_ch)
         self.double = mid_ch is not None

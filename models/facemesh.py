@@ -36,7 +36,6 @@ class ResBlock(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, stride: int = 1) -> None:
         super().__init__()
         self.stride = stride
-        self.out_ch = out_ch
         self.dw = depthwise(in_ch, 3, stride)
         self.pw = pointwise(in_ch, out_ch)
         self.act = nn.PReLU(out_ch)

@@ -44,7 +44,6 @@ class Bottleneck(nn.Module):
     def __init__(self, in_ch: int, mid: int, out_ch: int, down: bool = False) -> None:
         super().__init__()
         self.down = down
-        self.out_ch = out_ch
         self.reduce = nn.Conv2d(in_ch, mid, 2, stride=2) if down else pointwise(in_ch, mid)
         self.reduce_act = nn.PReLU(mid)
         self.dw = depthwise(mid, 3)

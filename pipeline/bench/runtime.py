@@ -100,7 +100,7 @@ def run_bench(video: str, cfg: PipelineConfig, redis_url: str, streams: int = 1,
         "points_written": float(sum(r.points for r in reports)),
         "tracks": float(sum(len(r.tracks) for r in reports)),
         "cpu_ms_per_frame": (1000 * (marks["cpu_last"] - marks["cpu_warm"])
-                             / max(1, marks["f_last"] - marks["f_warm"])
+                             / (marks["f_last"] - marks["f_warm"])
                              if marks.get("f_last", 0) > marks.get("f_warm", 0)
                              else float("nan")),
         "warm_cluster": bool(warm_state),
