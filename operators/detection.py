@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 import torch
 
+from affectstream.models.ort_runtime import Runtime
 from affectstream.operators.records import Faces
 
 KEYPOINT_NAMES: tuple[str, ...] = (
@@ -249,6 +250,8 @@ class FaceDetector:
         weights: passed to :func:`models.create_model` (``"default"``: the pinned MediaPipe
             weights).
         clip_boxes: clip ``bbox_xyxy`` to the frame (keypoints are never clipped).
+        runtime: ``"onnxruntime"`` runs the network on ONNX Runtime (CPU, pretrained weights;
+            :mod:`models.ort_runtime`), ``"torch"`` on the torch port.
 
     Raises:
         ValueError: unknown ``model`` or a threshold outside [0, 1].
@@ -257,7 +260,7 @@ class FaceDetector:
     def __init__(self, model: Literal["short", "full"] = "short", score_thresh: float = 0.5,
                  iou_thresh: float = 0.3, max_faces: int = 20, device: str | torch.device = "cpu",
                  num_threads: int | None = None, weights: str | None = "default",
-                 clip_boxes: bool = True) -> None:
+                 clip_boxes: bool = True, runtime: Runtime = "torch") -> None:
         if model not in _SPECS:
             raise ValueError(f"unknown detector model {model!r}; known: {', '.join(_SPECS)}")
         if not (0.0 <= score_thresh <= 1.0 and 0.0 <= iou_thresh <= 1.0):
@@ -266,14 +269,12 @@ class FaceDetector:
             raise ValueError("max_faces must be >= 1")
         if num_threads is not None:
             torch.set_num_threads(num_threads)
-        from affectstream.models import create_model
+        from affectstream.models.ort_runtime import cpu_net
 
         name, self.input_size, strides, per_layer = _SPECS[model]
         self.model_name = model
         self.device = torch.device(device)
-        # channels_last: ~1.5x faster depthwise convs on CPU; inputs arrive NHWC-strided anyway
-        self.net = create_model(name, weights=weights).to(
-            self.device, memory_format=torch.channels_last).eval()
+        self.net = cpu_net(name, runtime, self.device, weights)
         self.anchors = torch.from_numpy(ssd_anchors(self.input_size, strides, per_layer)).to(
             self.device)
         self.score_thresh = float(score_thresh)

