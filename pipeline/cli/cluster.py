@@ -25,6 +25,10 @@ def up(
                              help="GCS port of the warm Ray head (not 6379: Redis's)."),
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", min=1,
                                            help="CPUs Ray may use (default: all)."),
+    stream_workers: int = typer.Option(
+        2, "--stream-workers", min=0, max=16, help="Idle stream actors kept with their "
+        "face-track networks loaded; a joined run takes one per stream (more streams start "
+        "their own)."),
     as_json: bool = typer.Option(False, "--json", help="Print the cluster as JSON on stdout."),
 ) -> None:
     """Start (or reuse) a warm local cluster: later `affectstream run`s join it (loopback only)."""
@@ -35,12 +39,13 @@ def up(
     console.print("starting Ray and the inference deployment…")
     t0 = time.perf_counter()
     try:
-        st = warm.up(cfg, port=port, num_cpus=num_cpus)
+        st = warm.up(cfg, port=port, num_cpus=num_cpus, stream_workers=stream_workers)
     except warm.WarmClusterError as e:
         fail(str(e))
     took = time.perf_counter() - t0
     if as_json:
-        print_json({"address": st["address"], "reused": st["reused"], "up_s": round(took, 2)})
+        print_json({"address": st["address"], "reused": st["reused"], "up_s": round(took, 2),
+                    "stream_workers": st["stream_pool"]})
     else:
         what = "already running" if st["reused"] else "started"
         out.print(f"warm cluster {what} at {st['address']} ({took:.1f} s); `affectstream run` joins "

@@ -227,7 +227,7 @@ def run_result(r: Any, redis_url: str) -> dict[str, Any]:
             "tracks": len(r.tracks), "points_written": r.points,
             "points_already_present": r.duplicates,
             "frames_dropped_behind": int(r.source_stats.get("dropped_behind", 0)),
-            "redis_url": redis_url}
+            "warm_stream_worker": r.pooled, "redis_url": redis_url}
 
 
 @app.command()

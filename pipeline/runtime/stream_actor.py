@@ -29,6 +29,14 @@ log = logging.getLogger(__name__)
 INFERENCE_APP = "affectstream-inference"
 """Serve application name of ``run``'s shared inference deployment."""
 
+POOL_NAMESPACE = "affectstream"
+"""Ray namespace of the warm cluster's pooled stream actors (named ``affectstream-stream-<i>``)."""
+
+
+def pool_name(i: int) -> str:
+    """Name of the warm pool's ``i``-th stream actor."""
+    return f"affectstream-stream-{i}"
+
 
 class _ReadAhead:
     """Frames of a :class:`VideoSource` read on a thread into a bounded buffer.
@@ -104,29 +112,92 @@ class StreamActor:
     """Source + :class:`SessionRunner` of one stream (see the module docstring).
 
     Args:
-        url: file path, ``rtsp://`` URL or webcam device.
+        url: file path, ``rtsp://`` URL or webcam device; None builds an idle pooled actor
+            (networks loaded, no stream) for the warm cluster, leased with :meth:`lease`,
+            given a stream with :meth:`open` and returned with :meth:`release`.
         session_id: the session the stream writes.
         cfg_json: :class:`PipelineConfig` as JSON (no secrets: resolved here from the env).
         redis_url: Redis for the timeline.
         labels: the expression model's canonical labels.
         max_frames: stop after this many frames (benchmarks, smoke runs).
+        pool_key: (pooled actors) what a run must match to lease this actor.
 
     Raises (from the constructor, so a bad source fails at start):
         SourceError: missing file, unreadable container, unreachable stream.
     """
 
-    def __init__(self, url: str, session_id: str, cfg_json: str, redis_url: str,
-                 labels: tuple[str, ...], max_frames: int | None = None) -> None:
+    def __init__(self, url: str | None, session_id: str | None, cfg_json: str,
+                 redis_url: str | None, labels: tuple[str, ...],
+                 max_frames: int | None = None, pool_key: str | None = None) -> None:
         import torch
 
-        from affectstream.operators.decode import VideoSource, is_live
-        from affectstream.pipeline.runtime.parts import new_builder, new_stage
-        from affectstream.pipeline.runtime.sinks import redis_session_sink
+        from affectstream.pipeline.runtime.parts import new_stage
 
         cfg = PipelineConfig.model_validate_json(cfg_json)
         torch.set_num_threads(max(1, cfg.inference.torch_threads or 1))
-        self.cfg, self.url, self.session_id = cfg, url, session_id
-        self.src = VideoSource(url, session_id, max_frames=max_frames, **cfg.decode.model_dump())
+        self.cfg, self.labels, self.key = cfg, labels, pool_key
+        self.pooled, self.leased = url is None, url is not None
+        self._handle: Any = None
+        self.runner: Any = None
+        self._task: asyncio.Task | None = None
+        if url is not None:  # a bad source fails before the models load
+            self._open_source(url, session_id or url, max_frames)
+        self.base = new_stage(cfg)  # the networks, loaded once; each stream copies a blank tracker
+        self.base.warmup()
+        if url is not None:
+            assert redis_url is not None
+            self._open_stream(redis_url)
+
+    # -- the warm pool (``affectstream up``): one idle actor with loaded networks per slot --
+    def lease(self, key: str) -> bool:
+        """Take this idle pooled actor for one stream if it was built for ``key`` (the same
+        face-track settings and code: :func:`pipeline.runtime.warm.pool_key`)."""
+        if self.leased or self.key is None or key != self.key:
+            return False
+        self.leased = True
+        return True
+
+    def open(self, url: str, session_id: str, cfg_json: str, redis_url: str,
+             max_frames: int | None = None) -> None:
+        """Open a stream on a leased pooled actor: the run's own settings for the source, the
+        timeline and the sink; a blank tracker on the loaded networks.
+
+        Raises:
+            SourceError: missing file, unreadable container, unreachable stream.
+        """
+        self.cfg = PipelineConfig.model_validate_json(cfg_json)
+        self._open_source(url, session_id, max_frames)
+        self._open_stream(redis_url)
+
+    def release(self) -> None:
+        """Back to the pool once the stream ended: drop its state, keep the networks."""
+        if self._task is not None and not self._task.done():
+            raise RuntimeError("the stream is still running")
+        self.src = self.stage = self.builder = self.sink = self.runner = None
+        self._reader = self._task = None
+        self.leased = False
+
+    async def connect(self) -> None:
+        """Resolve the inference deployment's handle and route one empty call through it (the
+        first frame should not pay for it)."""
+        if self._handle is not None:
+            return
+        from ray import serve
+
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)  # its import set INFO
+        from affectstream.pipeline.runtime.batch import InferRequest
+
+        handle = serve.get_deployment_handle("Inference", app_name=INFERENCE_APP)
+        h, w = self.base.crop.size
+        await handle.remote(InferRequest(np.zeros((0, h, w), np.uint8), None))  # routing warm-up
+        self._handle = handle
+
+    def _open_source(self, url: str, session_id: str, max_frames: int | None) -> None:
+        from affectstream.operators.decode import VideoSource, is_live
+
+        self.url, self.session_id = url, session_id
+        self.src = VideoSource(url, session_id, max_frames=max_frames,
+                               **self.cfg.decode.model_dump())
         self.live = is_live(url)
         if self.live:  # probe now so a dead camera fails at start; read later on a fresh connection
             self.src._open().close()
@@ -134,15 +205,20 @@ class StreamActor:
         else:
             self._it = iter(self.src)
             self._first = next(self._it, None)  # opens the file now: errors surface at start
-        self.stage = new_stage(cfg)
-        self.stage.warmup()
-        self.builder = new_builder(cfg, labels)
-        self.sink, self.sink_retry = redis_session_sink(redis_url, cfg)
+
+    def _open_stream(self, redis_url: str) -> None:
+        from affectstream.pipeline.runtime.parts import new_builder, new_stage
+        from affectstream.pipeline.runtime.sinks import redis_session_sink
+
+        self.stage = new_stage(self.cfg, base=self.base)
+        self.builder = new_builder(self.cfg, self.labels)
+        self.sink, self.sink_retry = redis_session_sink(redis_url, self.cfg)
         self._results: list[dict] = []
         self._done = False
         self._error: str | None = None
         self._task: asyncio.Task | None = None
-        self.runner: Any = None
+        self._reader: Any = None
+        self.runner = None
 
     def info(self) -> dict:
         """``{"total_frames": int | None, "fps": float | None, "live": bool}``."""
@@ -151,18 +227,11 @@ class StreamActor:
 
     async def start(self) -> None:
         """Connect to inference, open the session and start streaming (returns at once)."""
-        from ray import serve
-
-        logging.getLogger("ray.serve").setLevel(logging.WARNING)  # its import set INFO
-        from affectstream.pipeline.runtime.batch import InferRequest
+        from affectstream.pipeline.runtime.coalesce import Coalescer
         from affectstream.pipeline.runtime.runner import SessionRunner
 
-        handle = serve.get_deployment_handle("Inference", app_name=INFERENCE_APP)
-        h, w = self.stage.crop.size
-        await handle.remote(InferRequest(np.zeros((0, h, w), np.uint8), None))  # routing warm-up
-        from affectstream.pipeline.runtime.coalesce import Coalescer
-
-        many = handle.options(method_name="infer_many")
+        await self.connect()
+        many = self._handle.options(method_name="infer_many")
         i = self.cfg.inference
         self.coalescer = Coalescer(lambda reqs: many.remote(reqs), max_calls=2,
                                    max_items=max(i.stream_batch_frames, i.max_batch_size),

@@ -35,6 +35,7 @@ class StreamReport:
     source_stats: dict = dataclasses.field(default_factory=dict)
     total_frames: int | None = None
     live: bool = False
+    pooled: bool = False  # served by a warm pool actor (``affectstream up``)
     error: str | None = None
     wall_s: float = 0.0
     first_frame_at: float | None = None
@@ -92,35 +93,48 @@ def run_streams(sources: list[tuple[str, str]], cfg: PipelineConfig, redis_url: 
     from affectstream.operators.analyze import FaceAnalyzer
     from affectstream.pipeline.runtime import dag
     from affectstream.pipeline.runtime.stream_actor import StreamActor
+    from affectstream.pipeline.runtime.warm import lease_pooled
 
     dag.init_ray(cfg)
     labels = tuple(FaceAnalyzer.card_for(cfg.inference.fer_model).label_names)
     cfg_json = cfg.model_dump_json()
     reports = [StreamReport(u, s) for u, s in sources]
     actors: dict[int, object] = {}
+    pooled: set[int] = set()
+    opened: dict[int, object] = {}
     t0 = {}
-    # the stream actors open their sources and load their models while Serve deploys inference
+    slots = int(dag.WARM["state"].get("stream_pool", 0)) if "state" in dag.WARM else 0
+    # the stream actors open their sources and load their models while Serve deploys inference;
+    # in the warm cluster, idle pooled actors with their networks loaded serve first
     for i, rep in enumerate(reports):
-        actor = StreamActor.remote(rep.url, rep.session_id, cfg_json, redis_url, labels,
-                                   max_frames)
+        actor = lease_pooled(cfg, slots) if slots else None
+        if actor is not None:
+            opened[i] = actor.open.remote(rep.url, rep.session_id, cfg_json, redis_url,
+                                          max_frames)
+            pooled.add(i)
+            rep.pooled = True
+        else:
+            actor = StreamActor.remote(rep.url, rep.session_id, cfg_json, redis_url, labels,
+                                       max_frames)
         actors[i], t0[i] = actor, time.time()
     dag.ensure_inference(cfg)
     started = {}
     for i, actor in list(actors.items()):
         try:
+            if i in opened:
+                ray.get(opened[i])  # a bad source fails here
             info = ray.get(actor.info.remote())
             reports[i].total_frames, reports[i].live = info["total_frames"], info["live"]
             started[i] = actor.start.remote()
         except ray.exceptions.RayError as e:
             reports[i].error = one_line(e)
-            ray.kill(actor)
-            del actors[i]
+            _dispose(actors.pop(i), i in pooled)
     for i, ref in started.items():
         try:
             ray.get(ref)
         except ray.exceptions.RayError as e:
             reports[i].error = one_line(e)
-            ray.kill(actors.pop(i))
+            _dispose(actors.pop(i), i in pooled)
     if on_start:
         on_start(reports)
     polls = {i: a.poll.remote() for i, a in actors.items()}
@@ -160,8 +174,19 @@ def run_streams(sources: list[tuple[str, str]], cfg: PipelineConfig, redis_url: 
             rep.source_stats = stats
         except ray.exceptions.RayError as e:
             rep.error = rep.error or one_line(e)
-        ray.kill(actor)
+        _dispose(actor, i in pooled)
     return reports
+
+
+def _dispose(actor: object, pooled: bool) -> None:
+    """Stop a stream's actor; a pooled one goes back to the warm pool (killed if it cannot)."""
+    if pooled:
+        try:
+            ray.get(actor.release.remote(), timeout=30)  # type: ignore[attr-defined]
+            return
+        except ray.exceptions.RayError:
+            pass
+    ray.kill(actor)
 
 
 def _report_status(actors: dict[int, object], reports: list[StreamReport],

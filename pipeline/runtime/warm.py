@@ -98,8 +98,12 @@ def read_state() -> dict[str, Any] | None:
     return st
 
 
-def up(cfg: PipelineConfig, port: int = DEFAULT_PORT, num_cpus: int | None = None) -> dict:
+def up(cfg: PipelineConfig, port: int = DEFAULT_PORT, num_cpus: int | None = None,
+       stream_workers: int = 2) -> dict:
     """Start the warm cluster (or reuse the running one) and deploy inference into it.
+
+    Args:
+        stream_workers: idle stream actors kept with their networks loaded (:func:`start_pool`).
 
     Returns:
         the recorded state (see the module docstring) plus ``"reused": bool``.
@@ -128,12 +132,12 @@ def up(cfg: PipelineConfig, port: int = DEFAULT_PORT, num_cpus: int | None = Non
     join(st["address"])
     try:
         deploy_inference(cfg, st)
+        st["stream_pool"] = start_pool(cfg, stream_workers)
     finally:
         import ray
 
         ray.shutdown()
-    state_path().parent.mkdir(parents=True, exist_ok=True)
-    state_path().write_text(json.dumps(st, indent=1))
+    write_state(st)
     return st | {"reused": reused}
 
 
@@ -168,7 +172,71 @@ def deploy_inference(cfg: PipelineConfig, st: dict[str, Any]) -> bool:
             pass
     deploy(cfg)
     st["inference"] = want
+    if state_path().is_file():  # the next run must compare against what now runs, not up's
+        write_state(st)
     return True
+
+
+def write_state(st: dict[str, Any]) -> None:
+    """Record the warm cluster (:func:`state_path`, JSON)."""
+    state_path().parent.mkdir(parents=True, exist_ok=True)
+    state_path().write_text(json.dumps({k: v for k, v in st.items() if k != "reused"}, indent=1))
+
+
+def start_pool(cfg: PipelineConfig, n: int) -> int:
+    """Keep ``n`` idle stream actors in the joined cluster (detached, named
+    :func:`~pipeline.runtime.stream_actor.pool_name` in :data:`POOL_NAMESPACE`), each with the
+    face-track networks of ``cfg`` loaded and its inference handle warmed up. A ``run`` leases
+    one per stream instead of starting a worker process and loading the networks (~2 s here) and
+    hands it back afterwards. A slot whose actor has other face-track settings is rebuilt.
+    Returns ``n``."""
+    import ray
+
+    from affectstream.operators.analyze import FaceAnalyzer
+    from affectstream.pipeline.runtime.stream_actor import POOL_NAMESPACE, StreamActor, pool_name
+
+    labels = tuple(FaceAnalyzer.card_for(cfg.inference.fer_model).label_names)
+    key, made = pool_key(cfg), []
+    for i in range(n):
+        try:
+            old = ray.get_actor(pool_name(i), namespace=POOL_NAMESPACE)
+            if ray.get(old.lease.remote(key), timeout=30):
+                ray.get(old.release.remote(), timeout=30)
+                continue
+            ray.kill(old)  # other settings (or busy): replace it
+        except ValueError:  # no such actor
+            pass
+        made.append(StreamActor.options(name=pool_name(i), namespace=POOL_NAMESPACE,
+                                        lifetime="detached").remote(
+            None, None, cfg.model_dump_json(), None, labels, pool_key=key))
+    ray.get([a.connect.remote() for a in made], timeout=300)
+    return n
+
+
+def pool_key(cfg: PipelineConfig) -> str:
+    """What a pooled stream actor must have been built for to serve a run: the face-track
+    settings (:func:`pipeline.runtime.parts.stage_key`) and the code (:func:`code_digest`)."""
+    from affectstream.pipeline.runtime.parts import stage_key
+
+    return f"{stage_key(cfg)}-{code_digest()}"
+
+
+def lease_pooled(cfg: PipelineConfig, slots: int) -> Any | None:
+    """A pooled stream actor of the joined warm cluster, leased for one stream, or None when
+    every slot is busy, gone, or has other face-track settings."""
+    import ray
+
+    from affectstream.pipeline.runtime.stream_actor import POOL_NAMESPACE, pool_name
+
+    key = pool_key(cfg)
+    for i in range(slots):
+        try:
+            a = ray.get_actor(pool_name(i), namespace=POOL_NAMESPACE)
+            if ray.get(a.lease.remote(key), timeout=10):
+                return a
+        except (ValueError, ray.exceptions.RayError):
+            continue
+    return None
 
 
 def processes_of(temp_dir: str) -> list:

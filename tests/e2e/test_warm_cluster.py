@@ -24,6 +24,13 @@ def _cli(env: dict, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300, env=env)
 
 
+def _json_tail(stdout: str) -> list:
+    """The JSON list ``run --json`` prints after its progress lines."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("["))
+    return json.loads("\n".join(lines[start:]))
+
+
 def test_up_run_joins_down(tmp_path, media, redis_url: str) -> None:
     env = dict(os.environ, AFFECTSTREAM_STATE_DIR=str(tmp_path))
     env.pop("RAY_ADDRESS", None)
@@ -33,6 +40,7 @@ def test_up_run_joins_down(tmp_path, media, redis_url: str) -> None:
         assert up.returncode == 0, up.stderr
         info = json.loads(up.stdout)
         assert info["address"] == f"127.0.0.1:{port}" and info["reused"] is False
+        assert info["stream_workers"] == 2
         state = json.loads((tmp_path / "warm-cluster.json").read_text())
         temp_dir = state["temp_dir"]
         assert processes_of(temp_dir), "no Ray process of the warm cluster"
@@ -40,14 +48,26 @@ def test_up_run_joins_down(tmp_path, media, redis_url: str) -> None:
         assert again.returncode == 0 and json.loads(again.stdout)["reused"] is True
 
         clip = str(media("single_face.mp4"))
+        store = TimelineStore(redis.Redis.from_url(redis_url, decode_responses=True))
         for sid in ("warm-a", "warm-b"):  # the second run joins the same, still-running cluster
             r = _cli(env, "run", clip, "--session", sid, "--redis-url", redis_url,
-                     "--max-frames", "20")
+                     "--max-frames", "20", "--json")
             assert r.returncode == 0, r.stderr + r.stdout
             assert f"joining the warm cluster at 127.0.0.1:{port}" in r.stdout + r.stderr
-            store = TimelineStore(redis.Redis.from_url(redis_url, decode_responses=True))
+            res = _json_tail(r.stdout)[0]
+            # a pooled stream actor (networks loaded by `up`) served it, and went back to the
+            # pool: the second run gets one too, with a blank tracker (track 1 again)
+            assert res["warm_stream_worker"] is True and res["tracks"] == 1, res
             assert sum(store.count_points(sid).values()) == 20
+            assert set(store.count_points(sid)) == {1}
             assert processes_of(temp_dir), "run stopped the warm cluster"
+        # three streams at once: two pooled actors, the third starts its own
+        r = _cli(env, "run", clip, clip, clip, "-s", "w1", "-s", "w2", "-s", "w3",
+                 "--redis-url", redis_url, "--max-frames", "10", "--json")
+        assert r.returncode == 0, r.stderr + r.stdout
+        res = _json_tail(r.stdout)
+        assert sorted(x["warm_stream_worker"] for x in res) == [False, True, True]
+        assert all(x["points_written"] == 10 for x in res), res
         # bench joins too, and its CPU meter counts the warm cluster's workers (retitled
         # "ray::…", found as the raylet's children): FaceMesh alone costs > 3 ms per frame
         out = tmp_path / "curve.json"
