@@ -136,7 +136,7 @@ class StreamActor:
         cfg = PipelineConfig.model_validate_json(cfg_json)
         torch.set_num_threads(max(1, cfg.inference.torch_threads or 1))
         self.cfg, self.labels, self.key = cfg, labels, pool_key
-        self.pooled, self.leased = url is None, url is not None
+        self.leased = url is not None
         self._handle: Any = None
         self.runner: Any = None
         self._task: asyncio.Task | None = None
@@ -145,7 +145,8 @@ class StreamActor:
         self.base = new_stage(cfg)  # the networks, loaded once; each stream copies a blank tracker
         self.base.warmup()
         if url is not None:
-            assert redis_url is not None
+            if redis_url is None:
+                raise ValueError("a stream needs a redis_url")
             self._open_stream(redis_url)
 
     # -- the warm pool (``affectstream up``): one idle actor with loaded networks per slot --
@@ -157,6 +158,10 @@ class StreamActor:
         self.leased = True
         return True
 
+    def pool_info(self) -> dict:
+        """``{"key": str | None, "leased": bool}`` (the warm pool's bookkeeping)."""
+        return {"key": self.key, "leased": self.leased}
+
     def open(self, url: str, session_id: str, cfg_json: str, redis_url: str,
              max_frames: int | None = None) -> None:
         """Open a stream on a leased pooled actor: the run's own settings for the source, the
@@ -164,7 +169,10 @@ class StreamActor:
 
         Raises:
             SourceError: missing file, unreadable container, unreachable stream.
+            RuntimeError: the actor was not leased first.
         """
+        if not self.leased:
+            raise RuntimeError("lease() this pooled actor before open()")
         self.cfg = PipelineConfig.model_validate_json(cfg_json)
         self._open_source(url, session_id, max_frames)
         self._open_stream(redis_url)
@@ -174,7 +182,7 @@ class StreamActor:
         if self._task is not None and not self._task.done():
             raise RuntimeError("the stream is still running")
         self.src = self.stage = self.builder = self.sink = self.runner = None
-        self._reader = self._task = None
+        self._reader = self._task = self._it = self._first = None  # closes the container
         self.leased = False
 
     async def connect(self) -> None:

@@ -188,7 +188,8 @@ def start_pool(cfg: PipelineConfig, n: int) -> int:
     :func:`~pipeline.runtime.stream_actor.pool_name` in :data:`POOL_NAMESPACE`), each with the
     face-track networks of ``cfg`` loaded and its inference handle warmed up. A ``run`` leases
     one per stream instead of starting a worker process and loading the networks (~2 s here) and
-    hands it back afterwards. A slot whose actor has other face-track settings is rebuilt.
+    hands it back afterwards. An idle slot actor built for other face-track settings or code is
+    replaced; a busy one is left to finish its stream (``up`` again replaces it later).
     Returns ``n``."""
     import ray
 
@@ -200,10 +201,11 @@ def start_pool(cfg: PipelineConfig, n: int) -> int:
     for i in range(n):
         try:
             old = ray.get_actor(pool_name(i), namespace=POOL_NAMESPACE)
-            if ray.get(old.lease.remote(key), timeout=30):
-                ray.get(old.release.remote(), timeout=30)
+            info = ray.get(old.pool_info.remote(), timeout=30)
+            if info["key"] == key or info["leased"]:
                 continue
-            ray.kill(old)  # other settings (or busy): replace it
+            ray.kill(old)  # idle, other settings or code: replace it (once its name is free)
+            _wait_name_free(pool_name(i), POOL_NAMESPACE)
         except ValueError:  # no such actor
             pass
         made.append(StreamActor.options(name=pool_name(i), namespace=POOL_NAMESPACE,
@@ -211,6 +213,22 @@ def start_pool(cfg: PipelineConfig, n: int) -> int:
             None, None, cfg.model_dump_json(), None, labels, pool_key=key))
     ray.get([a.connect.remote() for a in made], timeout=300)
     return n
+
+
+def _wait_name_free(name: str, namespace: str, timeout_s: float = 30.0) -> None:
+    """Wait until no live actor holds ``name`` (a killed actor frees it asynchronously)."""
+    import ray
+    import tenacity
+
+    def taken() -> bool:
+        try:
+            ray.get_actor(name, namespace=namespace)
+            return True
+        except ValueError:
+            return False
+
+    tenacity.Retrying(retry=tenacity.retry_if_result(bool), wait=tenacity.wait_fixed(0.2),
+                      stop=tenacity.stop_after_delay(timeout_s), reraise=True)(taken)
 
 
 def pool_key(cfg: PipelineConfig) -> str:
