@@ -27,7 +27,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from affectstream.models.weights import cache_dir, converted_path, load_state_dict
+from affectstream.models.weights import cache_dir, converted_path, load_state_dict, sha256_file
 
 OPSET = 17
 """ONNX opset of the exported graphs."""
@@ -45,11 +45,8 @@ def onnx_path(name: str) -> Path:
     weights = converted_path(name)
     if not weights.is_file():
         load_state_dict(name)
-    h = hashlib.sha256()
-    with open(weights, "rb") as f:
-        h.update(f.read())
-    h.update(f"torch={torch.__version__};opset={OPSET}".encode())
-    return cache_dir() / "onnx" / f"{name}-{h.hexdigest()[:16]}.onnx"
+    key = f"{sha256_file(weights)};torch={torch.__version__};opset={OPSET}"
+    return cache_dir() / "onnx" / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.onnx"
 
 
 def export_onnx(name: str) -> Path:
