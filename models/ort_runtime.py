@@ -5,9 +5,10 @@ they are exported once to ONNX and run by ONNX Runtime with one intra-op thread.
 forward of these small depthwise nets is ~100 torch ops, and in a stream process whose other
 threads (decode, timeline, Redis) compete for the cores, torch's per-op dispatch (holding the
 GIL) made FaceMesh cost ~10 ms a frame where its reference runtime (TFLite + XNNPACK) needs
-~4.5 ms. Measured on 2 cores, one thread, batch 1 (README "Runtime of the face-track nets"):
-BlazeFace full 16 -> 6 ms, FaceMesh 5.9 -> 4.6 ms isolated, and in ``affectstream bench -c fast``
-the landmarks step 10.2 -> 7.6 ms a frame. FaceMesh V2 gains nothing there and stays on torch.
+~4.5 ms. Measured on 2 cores of an Intel Xeon (AMX), one thread, batch 1 (README "Runtime of
+the face-track nets"): BlazeFace full 16 -> 6 ms, FaceMesh 5.9 -> 4.6 ms isolated, and in
+``affectstream bench -c fast`` the landmarks step 10.2 -> 7.6 ms a frame. On an AMD EPYC without
+AVX-512 FaceMesh takes 10 ms here, so LiteRT is the default (:mod:`models.cpu_runtime`).
 
 Format: ONNX (https://onnx.ai), opset :data:`OPSET`, exported by ``torch.onnx.export``'s
 TorchScript exporter from the port with its pretrained weights; dynamic batch axis. Cached under
@@ -22,7 +23,6 @@ import hashlib
 import os
 import warnings
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -31,9 +31,6 @@ from affectstream.models.weights import cache_dir, converted_path, load_state_di
 
 OPSET = 17
 """ONNX opset of the exported graphs."""
-
-Runtime = Literal["onnxruntime", "torch"]
-"""Where a per-stream CPU network runs: ONNX Runtime (default) or the torch port."""
 
 ORT_MODELS = ("blazeface_short", "blazeface_full", "facemesh")
 """Registry ids that run on ONNX Runtime when asked (the others gain nothing measured)."""
@@ -113,27 +110,6 @@ class OrtModel:
     def eval(self) -> OrtModel:
         """No-op (inference only), for code written against ``nn.Module``."""
         return self
-
-
-def cpu_net(name: str, runtime: Runtime, device: str | torch.device = "cpu",
-            weights: str | None = "default") -> torch.nn.Module | OrtModel:
-    """The network ``name`` for a face-track operator: on ONNX Runtime when ``runtime`` says so,
-    the device is the CPU and the weights are the pretrained ones; else the torch port
-    (channels-last, in eval mode) on ``device``.
-
-    Raises:
-        ValueError: unknown ``runtime``.
-    """
-    if runtime not in ("onnxruntime", "torch"):
-        raise ValueError(f"unknown runtime {runtime!r}; use 'onnxruntime' or 'torch'")
-    if (runtime == "onnxruntime" and torch.device(device).type == "cpu"
-            and weights == "default" and name in ORT_MODELS):
-        return OrtModel(name)
-    from affectstream.models.registry import create_model
-
-    # channels_last: ~1.5x faster depthwise convs on CPU; inputs arrive NHWC-strided anyway
-    return create_model(name, weights=weights).to(
-        torch.device(device), memory_format=torch.channels_last).eval()
 
 
 def export_all() -> list[Path]:

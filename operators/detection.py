@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 import torch
 
-from affectstream.models.ort_runtime import Runtime
+from affectstream.models.cpu_runtime import Runtime
 from affectstream.operators.records import Faces
 
 KEYPOINT_NAMES: tuple[str, ...] = (
@@ -250,8 +250,9 @@ class FaceDetector:
         weights: passed to :func:`models.create_model` (``"default"``: the pinned MediaPipe
             weights).
         clip_boxes: clip ``bbox_xyxy`` to the frame (keypoints are never clipped).
-        runtime: ``"onnxruntime"`` runs the network on ONNX Runtime (CPU, pretrained weights;
-            :mod:`models.ort_runtime`), ``"torch"`` on the torch port.
+        runtime: on CPU with the pretrained weights, ``"litert"`` runs the network on LiteRT,
+            ``"onnxruntime"`` on ONNX Runtime; ``"torch"`` (and any other device or weights) on
+            the torch port (:mod:`models.cpu_runtime`).
 
     Raises:
         ValueError: unknown ``model`` or a threshold outside [0, 1].
@@ -269,7 +270,7 @@ class FaceDetector:
             raise ValueError("max_faces must be >= 1")
         if num_threads is not None:
             torch.set_num_threads(num_threads)
-        from affectstream.models.ort_runtime import cpu_net
+        from affectstream.models.cpu_runtime import cpu_net
 
         name, self.input_size, strides, per_layer = _SPECS[model]
         self.model_name = model

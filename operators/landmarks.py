@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 import torch
 
-from affectstream.models.ort_runtime import Runtime
+from affectstream.models.cpu_runtime import Runtime
 
 # FaceMesh indices used by five_point(); "image-left" is the subject's right for a frontal face.
 FIVE_POINT_INDICES: dict[str, tuple[int, ...]] = {
@@ -158,8 +158,9 @@ class FaceMeshLandmarker:
         roi_scale: ROI side / detector box long side (MediaPipe: 1.5).
         max_batch_size: faces per forward pass.
         weights: passed to :func:`models.create_model`.
-        runtime: ``"onnxruntime"`` runs FaceMesh on ONNX Runtime (CPU, pretrained weights;
-            :mod:`models.ort_runtime`), ``"torch"`` on the torch port.
+        runtime: on CPU with the pretrained weights, ``"litert"`` runs FaceMesh on LiteRT,
+            ``"onnxruntime"`` on ONNX Runtime; ``"torch"`` (and any other device or weights) on
+            the torch port (:mod:`models.cpu_runtime`).
     """
 
     def __init__(self, device: str | torch.device = "cpu", num_threads: int | None = None,
@@ -169,7 +170,7 @@ class FaceMeshLandmarker:
             torch.set_num_threads(num_threads)
         if roi_scale <= 0 or max_batch_size < 1:
             raise ValueError("roi_scale must be > 0 and max_batch_size >= 1")
-        from affectstream.models.ort_runtime import cpu_net
+        from affectstream.models.cpu_runtime import cpu_net
 
         self.device = torch.device(device)
         self.net = cpu_net("facemesh", runtime, self.device, weights)
