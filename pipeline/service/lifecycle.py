@@ -132,6 +132,28 @@ def start_service(cfg: PipelineConfig, *, app_name: str = APP_NAME,
     return Service(cfg, app_name, f"http://{host}:{cfg.api.port}", sdir)
 
 
+def wait_for_stop(stop: threading.Event, retake: Callable[[], object],
+                  every_s: float = 0.5) -> None:
+    """Block the main thread until ``stop`` is set or a stop signal arrives.
+
+    ``retake()`` re-installs the service's SIGINT/SIGTERM handlers every ``every_s`` (Ray
+    installs its own on the driver's main thread). A signal that still meets Ray's driver handler
+    (``ray.init``'s: ``sys.exit(signum)``) arrives here as ``SystemExit(SIGTERM or SIGINT)`` and
+    counts as a stop request too, so the service drains instead of dying mid-commit.
+    """
+    stopping = (int(signal.SIGTERM), int(signal.SIGINT))
+    while True:
+        try:
+            if stop.wait(every_s):
+                return
+            retake()
+        except SystemExit as e:
+            if e.code not in stopping:
+                raise
+            log.warning("signal %s (through Ray's handler): shutting down", e.code)
+            return
+
+
 def run_service(cfg: PipelineConfig, *, on_ready: Callable[[Service], None] | None = None
                 ) -> None:
     """Run the service until SIGINT or SIGTERM, then shut it down cleanly (consumers drain,
@@ -157,9 +179,7 @@ def run_service(cfg: PipelineConfig, *, on_ready: Callable[[Service], None] | No
             signal.signal(s, on_signal)
         if on_ready is not None:
             on_ready(svc)
-        while not stop.wait(0.5):
-            for s in sigs:  # Ray's late-starting threads may install native handlers: take back
-                signal.signal(s, on_signal)
+        wait_for_stop(stop, lambda: [signal.signal(s, on_signal) for s in sigs])
         svc.stop()
     finally:
         dag.shutdown()

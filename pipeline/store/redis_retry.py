@@ -156,7 +156,7 @@ def call_redis(fn: Callable[..., T], *args: Any, what: str, tolerance_s: float,
     last_log[0] = time.monotonic()
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception(is_outage),
-        wait=tenacity.wait_exponential_jitter(initial=FIRST_DELAY_S, max=MAX_DELAY_S, jitter=0.1),
+        wait=tenacity.wait_exponential_jitter(multiplier=FIRST_DELAY_S, max=MAX_DELAY_S, jitter=0.1),
         stop=tenacity.stop_after_delay(tolerance_s) | tenacity.stop_any(aborted),
         before_sleep=before_sleep, reraise=False)
     ok = False
