@@ -89,6 +89,8 @@ class FaceAnalyzer:
         # channels-last: 1x1 convs become one matrix product (models._layers.Pointwise) and
         # pooling runs on contiguous channels (mini-Xception batch 1: 7.1 -> 5.6 ms CPU/face)
         self.fer = load_model(fer_model).to(self.device, memory_format=torch.channels_last)
+        if hasattr(self.fer, "fold_batchnorm"):  # inference only: conv + BN as one conv
+            self.fer.eval().fold_batchnorm()
         self.card: ModelCard = self.fer.card
         if self.card.task != "expression":
             raise ValueError(f"{fer_model} is a {self.card.task} model, not an expression model")

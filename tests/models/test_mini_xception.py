@@ -104,3 +104,24 @@ def test_cam_layer_feeds_grad_cam():
     (grad,) = torch.autograd.grad(logits[:, 3].sum(), fmap)
     assert grad.shape == fmap.shape and grad.abs().sum() > 0
     assert model.class_maps(x).shape == (2, 7, 4, 4)
+
+
+def test_folded_batchnorm_keeps_logits_and_grad_cam(crops):
+    ref = create_model("mini_xception").eval()
+    folded = create_model("mini_xception").eval().fold_batchnorm()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in ref.modules()) == 14
+    x = torch.from_numpy(np.concatenate([to_input(g) for g in crops.values()])[:, None])
+    maps = {}
+    for name, model in (("ref", ref), ("folded", folded)):
+        xi = x.clone()
+        fm = {}
+        h = model.cam_layer.register_forward_hook(lambda m, i, o, fm=fm: fm.setdefault("a", o))
+        logits = model(xi)
+        h.remove()
+        (grad,) = torch.autograd.grad(logits[:, 3].sum(), fm["a"])
+        maps[name] = (logits.detach(), (grad * fm["a"]).sum(1).detach())
+    torch.testing.assert_close(maps["folded"][0], maps["ref"][0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(maps["folded"][1], maps["ref"][1], atol=1e-4, rtol=1e-3)
+    with pytest.raises(RuntimeError, match="eval mode"):
+        create_model("mini_xception").train().fold_batchnorm()
