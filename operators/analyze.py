@@ -17,16 +17,12 @@ import torch
 
 from affectstream.models.registry import ModelCard, create_model, get_card
 from affectstream.operators.landmarks import five_point
-from affectstream.operators.records import DISFA_AUS, EMOTIONS, FACE_REGIONS
+from affectstream.operators.records import DISFA_AUS, EMOTIONS, FACE_REGIONS, LANDMARK_AU_MODELS
 from affectstream.operators.saliency import grad_cam, region_summary
 
 if TYPE_CHECKING:
     from affectstream.operators.au_landmarks import LandmarkHeads
 
-LANDMARK_AU_MODELS: tuple[str, ...] = ("blendshape", "geometric")
-"""AU sources without an AU network of their own: ``blendshape`` (FaceMesh V2 landmarks ->
-blendshapes -> AUs, run here in the batched inference) and ``geometric`` (FaceMesh landmarks vs
-a per-track neutral baseline, run in the timeline builder)."""
 
 
 def load_model(spec: str) -> torch.nn.Module:

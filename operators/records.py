@@ -17,6 +17,11 @@ EMOTIONS: tuple[str, ...] = (
     "anger", "contempt", "disgust", "fear", "happiness", "neutral", "sadness", "surprise")
 """Canonical ordered emotion labels (DESIGN §4). Models declare the subset they output."""
 
+LANDMARK_AU_MODELS: tuple[str, ...] = ("blendshape", "geometric")
+"""AU sources without an AU network of their own: ``blendshape`` (FaceMesh V2 landmarks ->
+blendshapes -> AUs, run in the batched inference) and ``geometric`` (FaceMesh landmarks vs a
+per-track neutral baseline, run in the timeline builder)."""
+
 DISFA_AUS: tuple[str, ...] = (
     "AU01", "AU02", "AU04", "AU05", "AU06", "AU09", "AU12", "AU15", "AU17", "AU20", "AU25", "AU26")
 """The 12 DISFA action units, zero-padded FACS ids."""

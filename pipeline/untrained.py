@@ -5,15 +5,71 @@ DSR-FAU, the saliency networks) runs with random weights: its outputs look like 
 about 0.15 for every emotion, labelled "neutral") but mean nothing. The CLI therefore refuses such
 a model with a one-line error that says how to train it or where to put a checkpoint;
 ``--allow-untrained`` (for tests and development) lets it through with a warning on every run.
+
+The check runs in the CLI's driver, which loads no torch (the models run in Ray actors). The
+model cards are declared next to their torch modules, so reading one costs the torch import (~2 s
+on 2 cores); instead, the first process that loads the registry writes the cards' plain fields to
+``<cache>/model-cards.json``, keyed by the digest of the ``models/`` sources, and later processes
+read that index while it matches the code (:func:`card_fields`). The registry stays the one
+source of truth: the index is a cache of it.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
+from typing import Any
 
 import yaml
 
+from affectstream.paths import cache_dir, source_digest
 from affectstream.pipeline.config import CONFIG_DIR
+
+
+INDEX_FILE = "model-cards.json"
+"""File name of the card index under the project cache."""
+
+
+def _build() -> dict[str, dict[str, Any]]:
+    from affectstream.models.registry import get_card, list_models
+
+    return {n: {"task": c.task, "weights": c.weights, "label_names": list(c.label_names)}
+            for n in list_models() for c in (get_card(n),)}
+
+
+def card_fields() -> dict[str, dict[str, Any]]:
+    """Registry id -> ``{"task": str, "weights": str | None, "label_names": [str, ...]}`` of
+    every registered model (from the index when it matches the code, else from the registry,
+    which then rewrites the index)."""
+    path = cache_dir() / INDEX_FILE
+    digest = source_digest(("models",))
+    try:
+        data = json.loads(path.read_text())
+        if data.get("digest") == digest and isinstance(data.get("cards"), dict):
+            return data["cards"]
+    except (OSError, ValueError):
+        pass
+    cards = _build()
+    tmp = path.with_suffix(f".{os.getpid()}.part")
+    try:
+        tmp.write_text(json.dumps({"digest": digest, "cards": cards}, indent=1))
+        os.replace(tmp, path)
+    except OSError:  # a read-only cache: answer anyway, rebuild next time
+        tmp.unlink(missing_ok=True)
+    return cards
+
+
+def card_field(name: str, field: str) -> Any:
+    """One field of registry model ``name``'s card (see :func:`card_fields`).
+
+    Raises:
+        KeyError: unknown name; the message lists the known names (as ``get_card``'s does).
+    """
+    cards = card_fields()
+    if name not in cards:
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(sorted(cards))}")
+    return cards[name][field]
 
 
 class UntrainedModelError(ValueError):
@@ -35,12 +91,10 @@ def untrained_models(specs: list[str]) -> list[str]:
     Raises:
         KeyError: an unknown registry id (the message lists the known ones).
     """
-    from affectstream.models.registry import get_card
-
-    from affectstream.operators.analyze import LANDMARK_AU_MODELS
+    from affectstream.operators.records import LANDMARK_AU_MODELS
 
     return [s for s in specs if s not in LANDMARK_AU_MODELS and not _is_checkpoint(s)
-            and get_card(s).weights is None]
+            and card_field(s, "weights") is None]
 
 
 def _recipe_for(name: str) -> tuple[Path, str] | None:

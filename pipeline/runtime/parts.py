@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 
 from affectstream.operators.facetrack import FaceTrackStage
 from affectstream.operators.smoothing import Smoother
@@ -24,18 +22,6 @@ def new_stage(cfg: PipelineConfig, base: FaceTrackStage | None = None) -> FaceTr
         return FaceTrackStage.from_config(cfg)
     return FaceTrackStage(base.detector, copy.deepcopy(base.tracker), base.landmarker, base.crop,
                           base.min_face_px, base.min_presence, base.detect_interval_ms)
-
-
-def stage_key(cfg: PipelineConfig) -> str:
-    """What a face-track stage's networks and tracker settings depend on (``detect``, ``track``
-    and the inference settings that pick or run the networks), as a short digest: a pooled stream
-    actor serves a run only when its key matches."""
-    i = cfg.inference
-    data = {"detect": cfg.detect.model_dump(mode="json"),
-            "track": cfg.track.model_dump(mode="json"),
-            "inference": {k: getattr(i, k) for k in ("fer_model", "au_model", "landmarks_batch",
-                                                     "facetrack_runtime", "torch_threads")}}
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def new_builder(cfg: PipelineConfig, labels: tuple[str, ...]) -> TimelineBuilder:

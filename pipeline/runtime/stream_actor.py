@@ -118,7 +118,6 @@ class StreamActor:
         session_id: the session the stream writes.
         cfg_json: :class:`PipelineConfig` as JSON (no secrets: resolved here from the env).
         redis_url: Redis for the timeline.
-        labels: the expression model's canonical labels.
         max_frames: stop after this many frames (benchmarks, smoke runs).
         pool_key: (pooled actors) what a run must match to lease this actor.
 
@@ -127,14 +126,17 @@ class StreamActor:
     """
 
     def __init__(self, url: str | None, session_id: str | None, cfg_json: str,
-                 redis_url: str | None, labels: tuple[str, ...],
-                 max_frames: int | None = None, pool_key: str | None = None) -> None:
+                 redis_url: str | None, max_frames: int | None = None,
+                 pool_key: str | None = None) -> None:
         import torch
 
+        from affectstream.operators.analyze import FaceAnalyzer
         from affectstream.pipeline.runtime.parts import new_stage
 
         cfg = PipelineConfig.model_validate_json(cfg_json)
         torch.set_num_threads(max(1, cfg.inference.torch_threads or 1))
+        # the expression model's canonical labels (the driver resolves none: it loads no torch)
+        labels = tuple(FaceAnalyzer.card_for(cfg.inference.fer_model).label_names)
         self.cfg, self.labels, self.key = cfg, labels, pool_key
         self.leased = url is not None
         self._handle: Any = None

@@ -90,13 +90,11 @@ def run_streams(sources: list[tuple[str, str]], cfg: PipelineConfig, redis_url: 
     Returns:
         One :class:`StreamReport` per source, in input order; a stream that failed has ``error``.
     """
-    from affectstream.operators.analyze import FaceAnalyzer
     from affectstream.pipeline.runtime import dag
     from affectstream.pipeline.runtime.stream_actor import StreamActor
     from affectstream.pipeline.runtime.warm import lease_pooled
 
     dag.init_ray(cfg)
-    labels = tuple(FaceAnalyzer.card_for(cfg.inference.fer_model).label_names)
     cfg_json = cfg.model_dump_json()
     reports = [StreamReport(u, s) for u, s in sources]
     actors: dict[int, object] = {}
@@ -114,7 +112,7 @@ def run_streams(sources: list[tuple[str, str]], cfg: PipelineConfig, redis_url: 
             pooled.add(i)
             rep.pooled = True
         else:
-            actor = StreamActor.remote(rep.url, rep.session_id, cfg_json, redis_url, labels,
+            actor = StreamActor.remote(rep.url, rep.session_id, cfg_json, redis_url,
                                        max_frames)
         actors[i], t0[i] = actor, time.time()
     dag.ensure_inference(cfg)

@@ -41,7 +41,7 @@ class WarmClusterError(RuntimeError):
 def state_path() -> Path:
     """``$AFFECTSTREAM_STATE_DIR/warm-cluster.json``, else ``<project cache>/warm-cluster.json``
     (``AFFECTSTREAM_CACHE_DIR`` or the user cache dir)."""
-    from affectstream.models.weights import cache_dir
+    from affectstream.paths import cache_dir
 
     d = os.environ.get("AFFECTSTREAM_STATE_DIR")
     return (Path(d) if d else cache_dir()) / STATE_FILE
@@ -59,19 +59,9 @@ def inference_args(cfg: PipelineConfig) -> dict[str, Any]:
 def code_digest() -> str:
     """sha256 (16 hex) of the inference code (``operators/``, ``models/``, ``pipeline/runtime/``
     sources): a warm inference replica running other code is redeployed, not reused."""
-    import hashlib
+    from affectstream.paths import source_digest
 
-    import affectstream.models
-    import affectstream.operators
-    import affectstream.pipeline.runtime
-
-    h = hashlib.sha256()
-    for pkg in (affectstream.operators, affectstream.models, affectstream.pipeline.runtime):
-        root = Path(pkg.__file__).parent
-        for p in sorted(root.rglob("*.py")):
-            h.update(str(p.relative_to(root)).encode())
-            h.update(p.read_bytes())
-    return h.hexdigest()[:16]
+    return source_digest(("operators", "models", "pipeline.runtime"))
 
 
 def _answers(address: str, timeout_s: float = 0.5) -> bool:
@@ -160,7 +150,6 @@ def deploy_inference(cfg: PipelineConfig, st: dict[str, Any]) -> bool:
     arguments; updates ``st["inference"]``. Returns True when it (re)deployed."""
     from ray import serve
 
-    from affectstream.pipeline.runtime.inference_app import deploy
     from affectstream.pipeline.runtime.stream_actor import INFERENCE_APP
 
     want = inference_args(cfg)
@@ -170,6 +159,8 @@ def deploy_inference(cfg: PipelineConfig, st: dict[str, Any]) -> bool:
                 return False
         except (KeyError, AttributeError):
             pass
+    from affectstream.pipeline.runtime.inference_app import deploy  # loads torch: only here
+
     deploy(cfg)
     st["inference"] = want
     if state_path().is_file():  # the next run must compare against what now runs, not up's
@@ -193,10 +184,8 @@ def start_pool(cfg: PipelineConfig, n: int) -> int:
     Returns ``n``."""
     import ray
 
-    from affectstream.operators.analyze import FaceAnalyzer
     from affectstream.pipeline.runtime.stream_actor import POOL_NAMESPACE, StreamActor, pool_name
 
-    labels = tuple(FaceAnalyzer.card_for(cfg.inference.fer_model).label_names)
     key, made = pool_key(cfg), []
     for i in range(n):
         try:
@@ -210,7 +199,7 @@ def start_pool(cfg: PipelineConfig, n: int) -> int:
             pass
         made.append(StreamActor.options(name=pool_name(i), namespace=POOL_NAMESPACE,
                                         lifetime="detached").remote(
-            None, None, cfg.model_dump_json(), None, labels, pool_key=key))
+            None, None, cfg.model_dump_json(), None, pool_key=key))
     ray.get([a.connect.remote() for a in made], timeout=300)
     return n
 
@@ -233,10 +222,22 @@ def _wait_name_free(name: str, namespace: str, timeout_s: float = 30.0) -> None:
 
 def pool_key(cfg: PipelineConfig) -> str:
     """What a pooled stream actor must have been built for to serve a run: the face-track
-    settings (:func:`pipeline.runtime.parts.stage_key`) and the code (:func:`code_digest`)."""
-    from affectstream.pipeline.runtime.parts import stage_key
-
+    settings (:func:`stage_key`) and the code (:func:`code_digest`)."""
     return f"{stage_key(cfg)}-{code_digest()}"
+
+
+def stage_key(cfg: PipelineConfig) -> str:
+    """What a face-track stage's networks and tracker settings depend on (``detect``, ``track``
+    and the inference settings that pick or run the networks), as a short digest: a pooled stream
+    actor serves a run only when its key matches."""
+    import hashlib
+
+    i = cfg.inference
+    data = {"detect": cfg.detect.model_dump(mode="json"),
+            "track": cfg.track.model_dump(mode="json"),
+            "inference": {k: getattr(i, k) for k in ("fer_model", "au_model", "landmarks_batch",
+                                                     "facetrack_runtime", "torch_threads")}}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def lease_pooled(cfg: PipelineConfig, slots: int) -> Any | None:

@@ -4,8 +4,7 @@ tracker were built from, and nothing a run sets for itself (pure logic, no Ray).
 from __future__ import annotations
 
 from affectstream.pipeline.config import load_config
-from affectstream.pipeline.runtime.parts import stage_key
-from affectstream.pipeline.runtime.warm import code_digest, pool_key
+from affectstream.pipeline.runtime.warm import code_digest, pool_key, stage_key
 
 
 def test_the_key_follows_the_face_track_settings_only():
