@@ -64,13 +64,28 @@ def configure(quiet: bool, debug: bool, log_level: str) -> None:
     logging.getLogger("kafka").setLevel(lvl if debug else logging.CRITICAL)
 
 
-def quiet_ray() -> None:
-    """Import Ray Serve and put its driver-side logger back to the asked level (its import sets
-    it to INFO, so start-up lines like "Started Serve in namespace" would reach stderr)."""
-    import ray.serve  # noqa: F401
+class _AtLeast(logging.Filter):
+    """Passes records at ``level`` and above."""
 
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:  # noqa: D102
+        return record.levelno >= self.level
+
+
+def quiet_ray() -> None:
+    """Keep Ray Serve's driver-side logger at the asked level. Importing ``ray.serve`` sets that
+    logger to INFO, so start-up lines like "Started Serve in namespace" would reach stderr; a
+    filter on the logger holds whenever Serve is imported later, without importing it now (a run
+    that joins a warm cluster never needs it: ~1 s saved)."""
     lvl = getattr(logging, FLAGS.log_level.upper())
     ray_lvl = lvl if FLAGS.debug else max(lvl, logging.WARNING)
+    serve_log = logging.getLogger("ray.serve")
+    for f in [f for f in serve_log.filters if isinstance(f, _AtLeast)]:
+        serve_log.removeFilter(f)
+    serve_log.addFilter(_AtLeast(ray_lvl))
     for name in ("ray", "ray.serve"):
         logging.getLogger(name).setLevel(ray_lvl)
 

@@ -79,13 +79,14 @@ def init_ray(cfg: PipelineConfig) -> None:
     ray.init(**kw)
 
 
-def ensure_inference(cfg: PipelineConfig) -> bool:
-    """Deploy the shared Inference app, or reuse the warm cluster's when its arguments match.
-    Returns True when it deployed."""
+def ensure_inference(cfg: PipelineConfig, probe: Any = None) -> bool:
+    """Deploy the shared Inference app, or reuse the warm cluster's when its arguments match
+    and it runs (``probe``: a leased pooled stream actor to ask, see
+    :func:`pipeline.runtime.warm.deploy_inference`). Returns True when it deployed."""
     if "state" in WARM:
         from affectstream.pipeline.runtime import warm
 
-        return warm.deploy_inference(cfg, WARM["state"])
+        return warm.deploy_inference(cfg, WARM["state"], probe)
     start_inference(cfg)
     return True
 

@@ -160,6 +160,16 @@ class StreamActor:
         self.leased = True
         return True
 
+    def inference_running(self) -> bool:
+        """Whether the shared inference app is RUNNING (asked here, where Ray Serve is loaded
+        anyway, so a driver joining a warm cluster need not import it)."""
+        from ray import serve
+
+        try:
+            return serve.status().applications[INFERENCE_APP].status == "RUNNING"
+        except (KeyError, AttributeError):
+            return False
+
     def pool_info(self) -> dict:
         """``{"key": str | None, "leased": bool}`` (the warm pool's bookkeeping)."""
         return {"key": self.key, "leased": self.leased}

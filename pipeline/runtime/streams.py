@@ -115,7 +115,7 @@ def run_streams(sources: list[tuple[str, str]], cfg: PipelineConfig, redis_url: 
             actor = StreamActor.remote(rep.url, rep.session_id, cfg_json, redis_url,
                                        max_frames)
         actors[i], t0[i] = actor, time.time()
-    dag.ensure_inference(cfg)
+    dag.ensure_inference(cfg, probe=next((actors[i] for i in pooled), None))
     started = {}
     for i, actor in list(actors.items()):
         try:

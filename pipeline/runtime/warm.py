@@ -145,20 +145,18 @@ def join(address: str) -> None:
              _node_ip_address="127.0.0.1")
 
 
-def deploy_inference(cfg: PipelineConfig, st: dict[str, Any]) -> bool:
+def deploy_inference(cfg: PipelineConfig, st: dict[str, Any], probe: Any = None) -> bool:
     """Deploy the inference app into the joined cluster unless the recorded one has the same
-    arguments; updates ``st["inference"]``. Returns True when it (re)deployed."""
-    from ray import serve
+    arguments and runs; updates ``st["inference"]``. Returns True when it (re)deployed.
 
-    from affectstream.pipeline.runtime.stream_actor import INFERENCE_APP
-
+    Args:
+        probe: a leased pooled stream actor, asked whether the app runs
+            (:meth:`StreamActor.inference_running`) so this process needs neither Ray Serve nor
+            torch; None asks Serve from here.
+    """
     want = inference_args(cfg)
-    if st.get("inference") == want:
-        try:
-            if serve.status().applications[INFERENCE_APP].status == "RUNNING":
-                return False
-        except (KeyError, AttributeError):
-            pass
+    if st.get("inference") == want and _inference_running(probe):
+        return False
     from affectstream.pipeline.runtime.inference_app import deploy  # loads torch: only here
 
     deploy(cfg)
@@ -166,6 +164,24 @@ def deploy_inference(cfg: PipelineConfig, st: dict[str, Any]) -> bool:
     if state_path().is_file():  # the next run must compare against what now runs, not up's
         write_state(st)
     return True
+
+
+def _inference_running(probe: Any) -> bool:
+    import ray
+
+    if probe is not None:
+        try:
+            return bool(ray.get(probe.inference_running.remote(), timeout=30))
+        except ray.exceptions.RayError:
+            pass  # ask Serve from here instead
+    from ray import serve
+
+    from affectstream.pipeline.runtime.stream_actor import INFERENCE_APP
+
+    try:
+        return serve.status().applications[INFERENCE_APP].status == "RUNNING"
+    except (KeyError, AttributeError):
+        return False
 
 
 def write_state(st: dict[str, Any]) -> None:

@@ -19,9 +19,15 @@ from tests.conftest import free_port
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-def _cli(env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "affectstream.pipeline.cli.main", *args],
+def _cli(env: dict, *args: str, py: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *py, "-m", "affectstream.pipeline.cli.main", *args],
                           capture_output=True, text=True, timeout=300, env=env)
+
+
+def _imported(stderr: str) -> set[str]:
+    """Modules a ``python -X importtime`` run imported (its stderr's table)."""
+    return {line.rsplit("|", 1)[1].strip() for line in stderr.splitlines()
+            if line.startswith("import time:") and line.count("|") == 2}
 
 
 def _json_tail(stdout: str) -> list:
@@ -51,8 +57,12 @@ def test_up_run_joins_down(tmp_path, media, redis_url: str) -> None:
         store = TimelineStore(redis.Redis.from_url(redis_url, decode_responses=True))
         for sid in ("warm-a", "warm-b"):  # the second run joins the same, still-running cluster
             r = _cli(env, "run", clip, "--session", sid, "--redis-url", redis_url,
-                     "--max-frames", "20", "--json")
+                     "--max-frames", "20", "--json", py=("-X", "importtime"))
             assert r.returncode == 0, r.stderr + r.stdout
+            # the joining driver loads neither torch nor Ray Serve (the pooled actor has both)
+            mods = _imported(r.stderr)
+            assert "ray" in mods and not {m for m in mods if m == "torch" or
+                                          m.startswith(("torch.", "ray.serve"))}, sorted(mods)
             assert f"joining the warm cluster at 127.0.0.1:{port}" in r.stdout + r.stderr
             res = _json_tail(r.stdout)[0]
             # a pooled stream actor (networks loaded by `up`) served it, and went back to the
