@@ -27,12 +27,15 @@ class InferRequest:
         landmarks3d: (N, 478, 3) float32 FaceMesh V2 landmarks in frame pixels (x right, y down;
             z relative depth in the same pixel scale, smaller = nearer), required by
             ``au_model="blendshape"`` (AUs, pose, gaze come from them); None otherwise.
+        stream: the calling stream's session id ("" = unknown); the shared deployment counts
+            the active streams from it to pick its batch wait.
     """
 
     crops: np.ndarray
     points01: np.ndarray | None
     saliency_mask: np.ndarray | None = None
     landmarks3d: np.ndarray | None = None
+    stream: str = ""
 
 
 @dataclasses.dataclass

@@ -3,12 +3,16 @@
 One call = the face crops of one frame, or of several consecutive frames of one stream
 (``infer_many``; a Serve call costs ~2 ms of CPU whatever it carries, so streams send a few frames
 per call). ``@serve.batch`` gathers the calls of many streams into one forward pass;
-``max_batch_size`` (calls) and ``batch_wait_timeout_s`` are tunable live via ``reconfigure``.
+``max_batch_size`` (calls) and the batch waits are tunable live via ``reconfigure``. The wait
+adapts to the load: ``batch_wait_timeout_s`` while one stream calls, ``batch_wait_multi_s``
+while several do (counted from the requests' ``stream`` over the last :data:`ACTIVE_S`), so
+several streams' calls meet in one forward and one stream alone pays no extra latency.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import numpy as np
@@ -19,6 +23,9 @@ from affectstream.pipeline.runtime.batch import InferRequest, InferResult, analy
 
 __all__ = ["Inference", "InferRequest", "InferResult", "analyze_batch"]
 
+ACTIVE_S = 1.0
+"""A stream that called within this many seconds counts as active (batch wait choice)."""
+
 
 @serve.deployment(name="Inference", ray_actor_options={"num_cpus": 0})
 class Inference:
@@ -28,13 +35,16 @@ class Inference:
         fer_model, saliency, au_model, device, half: see :class:`operators.analyze.FaceAnalyzer`.
         torch_threads: intra-op threads (0 = torch default).
         max_batch_size: calls per forward (each one or more frames).
-        batch_wait_timeout_s: wait to fill a batch, seconds.
+        batch_wait_timeout_s: wait to fill a batch while one stream calls, seconds.
+        batch_wait_multi_s: wait to fill a batch while several streams call, seconds (None:
+            the same as ``batch_wait_timeout_s``).
     """
 
     def __init__(self, fer_model: str = "mini_xception", saliency: str = "gradcam",
                  au_model: str = "geometric", device: str = "auto", half: bool = False,
                  torch_threads: int = 0, max_batch_size: int = 16,
-                 batch_wait_timeout_s: float = 0.005) -> None:
+                 batch_wait_timeout_s: float = 0.005,
+                 batch_wait_multi_s: float | None = None) -> None:
         import torch
 
         from affectstream.pipeline.runtime.ray_net import serve_replica_on_loopback
@@ -44,24 +54,43 @@ class Inference:
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.analyzer = FaceAnalyzer(fer_model, saliency, au_model, device, half)
-        self._apply(max_batch_size, batch_wait_timeout_s)
+        self._seen: dict[str, float] = {}  # stream -> last call (time.monotonic)
+        self._apply(max_batch_size, batch_wait_timeout_s, batch_wait_multi_s)
         h, w = self.analyzer.crop.size  # warm-up: the first real batch should not pay for it
         shape = (2, h, w) if self.analyzer.crop.gray else (2, h, w, 3)
         self.analyzer.analyze(np.zeros(shape, np.uint8), np.full((2, 468, 2), 0.5, np.float32))
 
-    def _apply(self, max_batch_size: int, batch_wait_timeout_s: float) -> None:
+    def _apply(self, max_batch_size: int, wait_one: float, wait_many: float | None) -> None:
         self.infer.set_max_batch_size(max_batch_size)
-        self.infer.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self._waits = (wait_one, wait_one if wait_many is None else wait_many)
+        self._wait_now = wait_one
+        self.infer.set_batch_wait_timeout_s(wait_one)
 
     def reconfigure(self, user_config: dict) -> None:
-        """Live tuning: ``{"max_batch_size": int, "batch_wait_timeout_s": float}``."""
+        """Live tuning: ``{"max_batch_size": int, "batch_wait_timeout_s": float,
+        "batch_wait_multi_s": float}``."""
+        many = user_config.get("batch_wait_multi_s")
         self._apply(int(user_config.get("max_batch_size", 16)),
-                    float(user_config.get("batch_wait_timeout_s", 0.005)))
+                    float(user_config.get("batch_wait_timeout_s", 0.005)),
+                    None if many is None else float(many))
+
+    def _adapt_wait(self, calls: list[list[InferRequest]]) -> None:
+        """Pick the next batches' wait from the streams active now."""
+        now = time.monotonic()
+        for reqs in calls:
+            if reqs:
+                self._seen[reqs[0].stream] = now
+        self._seen = {s: t for s, t in self._seen.items() if now - t < ACTIVE_S}
+        want = self._waits[1] if len(self._seen) > 1 else self._waits[0]
+        if want != self._wait_now:
+            self.infer.set_batch_wait_timeout_s(want)
+            self._wait_now = want
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def infer(self, calls: list[list[InferRequest]]) -> list[list[InferResult]]:
         """One forward over every frame of every queued call (a call = one frame, or several
         frames of one stream from its :class:`~pipeline.runtime.coalesce.Coalescer`)."""
+        self._adapt_wait(calls)
         flat = [r for reqs in calls for r in reqs]
         res = await asyncio.to_thread(analyze_batch, self.analyzer, flat)
         out, i = [], 0

@@ -227,7 +227,7 @@ class SessionRunner:
         fut = None
         if len(tracked.faces):
             req = InferRequest(tracked.crops, tracked.points01, self._saliency.mask(tracked),
-                               tracked.landmarks3d)
+                               tracked.landmarks3d, stream=self.session_id)
             fut = asyncio.ensure_future(self._infer_once(req))
         await self._put(_Pending(tracked, tag, fut, state, err))
 

@@ -53,6 +53,7 @@ def inference_args(cfg: PipelineConfig) -> dict[str, Any]:
     return {"code": code_digest(), "fer_model": i.fer_model, "saliency": i.saliency, "au_model": i.au_model,
             "device": i.device, "half": i.half, "torch_threads": i.torch_threads or 1,
             "max_batch_size": i.max_batch_size, "batch_wait_timeout_s": i.batch_wait_timeout_s,
+            "batch_wait_multi_s": i.batch_wait_multi_s,
             "num_replicas": i.num_replicas if i.num_replicas != "auto" else 1}
 
 

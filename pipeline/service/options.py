@@ -25,7 +25,8 @@ def inference_options(cfg: PipelineConfig) -> dict[str, Any]:
         "max_ongoing_requests": max(8, 2 * i.max_batch_size),
         "ray_actor_options": cfg.cluster.inference.actor_options(0),
         "user_config": {"max_batch_size": i.max_batch_size,
-                        "batch_wait_timeout_s": i.batch_wait_timeout_s}}
+                        "batch_wait_timeout_s": i.batch_wait_timeout_s,
+                        "batch_wait_multi_s": i.batch_wait_multi_s}}
     if i.num_replicas == "auto":
         out["autoscaling_config"] = i.autoscaling.serve_config()
     return out
