@@ -28,14 +28,9 @@ class CpuMeter:
         if self.temp_dir:
             from affectstream.pipeline.runtime.warm import processes_of
 
-            for p in processes_of(self.temp_dir):
-                procs[p.pid] = p
-                # workers retitle themselves ("ray::StreamActor"), so their command line no
-                # longer names the temp dir: they are found as the raylet's children
-                try:
-                    procs.update((c.pid, c) for c in p.children(recursive=True))
-                except psutil.Error:
-                    continue
+            # with the workers, which retitle themselves "ray::StreamActor" (found as the
+            # raylet's children)
+            procs.update((p.pid, p) for p in processes_of(self.temp_dir))
         return procs
 
     def sample(self) -> float:

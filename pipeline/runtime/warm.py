@@ -276,18 +276,21 @@ def lease_pooled(cfg: PipelineConfig, slots: int) -> Any | None:
 
 
 def processes_of(temp_dir: str) -> list:
-    """The live processes (``psutil.Process``) whose command line names ``temp_dir``: the
-    GCS, raylet, agents and workers of the Ray cluster that lives there."""
+    """The live processes (``psutil.Process``) of the Ray cluster that lives in ``temp_dir``:
+    those whose command line names it (GCS, raylet, ...) and all their descendants (workers and
+    the dashboard / runtime-env agents retitle themselves ``ray::...``, so their command lines
+    name no directory)."""
     import psutil
 
-    procs = []
+    found: dict[int, psutil.Process] = {}
     for proc in psutil.process_iter(["cmdline"]):
         try:
             if any(temp_dir in a for a in proc.info["cmdline"] or []):
-                procs.append(proc)
+                found[proc.pid] = proc
+                found.update((c.pid, c) for c in proc.children(recursive=True))
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-    return procs
+    return list(found.values())
 
 
 def down() -> bool:

@@ -87,9 +87,14 @@ def test_up_run_joins_down(tmp_path, media, redis_url: str) -> None:
         row = json.loads(out.read_text())["rows"][0]
         assert row["warm_cluster"] is True and row["cpu_ms_per_frame"] > 3.0, row
     finally:
+        # every process of the cluster, the retitled agents and workers included
+        procs = processes_of(temp_dir)
+        titles = {" ".join(p.cmdline()) for p in procs}
         down = _cli(env, "down")
+    assert any(t.startswith("ray::") for t in titles), titles  # the retitled ones are counted
     assert down.returncode == 0 and "stopped" in down.stdout
     assert not (tmp_path / "warm-cluster.json").exists()
-    psutil.wait_procs(processes_of(temp_dir), timeout=15)
+    _, alive = psutil.wait_procs(procs, timeout=15)
+    assert alive == [], [p.pid for p in alive]  # none orphaned
     assert processes_of(temp_dir) == []
     assert "no warm cluster" in _cli(env, "down").stdout
