@@ -12,7 +12,7 @@ import torch
 
 from affectstream.models.cpu_runtime import cpu_net
 from affectstream.models.litert_runtime import LITERT_MODELS, LiteRTModel
-from affectstream.models.ort_runtime import OrtModel
+from affectstream.models.ort_runtime import ORT_MODELS, OrtModel
 from affectstream.operators.detection import FaceDetector
 from affectstream.operators.landmarks import FaceMeshLandmarker
 
@@ -24,23 +24,29 @@ def frames(media):
     return [cv2.cvtColor(cv2.imread(str(media(n))), cv2.COLOR_BGR2RGB) for n in IMAGES]
 
 
-@pytest.mark.parametrize("name", sorted(LITERT_MODELS))
-def test_litert_outputs_match_the_torch_port(name):
+@pytest.mark.parametrize("runtime,name", [("litert", n) for n in sorted(LITERT_MODELS)]
+                         + [("onnxruntime", n) for n in ORT_MODELS])
+def test_outputs_match_the_torch_port(runtime, name):
     torch_net = cpu_net(name, "torch")
-    lite = cpu_net(name, "litert")
-    assert isinstance(lite, LiteRTModel) and isinstance(torch_net, torch.nn.Module)
+    net = cpu_net(name, runtime)
+    assert isinstance(net, LiteRTModel if runtime == "litert" else OrtModel)
+    assert isinstance(torch_net, torch.nn.Module)
     size = 192 if name != "blazeface_short" else 128
     x = torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         ref = torch_net(x)
-    got = lite(x.contiguous(memory_format=torch.channels_last))  # any strides
+    got = net(x.contiguous(memory_format=torch.channels_last))  # any strides
     assert len(got) == len(ref)
     for g, r in zip(got, ref):
         assert g.shape == r.shape and g.dtype == torch.float32
         torch.testing.assert_close(g, r, atol=2e-3, rtol=1e-4)
-    assert [t.shape[0] for t in lite(x[:0])] == [0, 0]  # no faces: empty outputs
+
+
+def test_litert_takes_no_faces_and_refuses_a_wrong_size():
+    lite = cpu_net("facemesh", "litert")
+    assert [t.shape for t in lite(torch.zeros(0, 3, 192, 192))] == [(0, 468, 3), (0, 1)]
     with pytest.raises(ValueError, match="takes"):
-        lite(torch.zeros(1, 3, size + 8, size))
+        lite(torch.zeros(1, 3, 200, 192))
 
 
 def test_the_torch_port_is_kept_where_no_other_runtime_applies():
