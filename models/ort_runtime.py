@@ -14,7 +14,7 @@ Format: ONNX (https://onnx.ai), opset :data:`OPSET`, exported by ``torch.onnx.ex
 TorchScript exporter from the port with its pretrained weights; dynamic batch axis. Cached under
 ``<cache>/onnx/<name>-<key>.onnx``; the key hashes the converted weights file, the torch version
 and the opset, so new weights or a new torch export again. Outputs match the torch port within
-float32 rounding (``tests/models/test_ort_runtime.py``).
+float32 rounding (``tests/models/test_cpu_runtime.py``).
 """
 
 from __future__ import annotations
