@@ -6,11 +6,11 @@ The torch ports are converted from these very ``.tflite`` files (MediaPipe model
 file runs here through LiteRT's interpreter with its XNNPACK delegate, one thread. Why: on CPUs
 without AVX-512 ONNX Runtime's depthwise convolutions are slow. Measured on 2 cores of an AMD
 EPYC (Zen 1, AVX2), one thread, batch 1: FaceMesh 10.0 ms on ONNX Runtime, 4.2 ms here;
-BlazeFace full range 13.7 -> 11.2 ms (README "Runtime of the face-track nets").
+BlazeFace full range 13.7 -> 11.2 ms (README "This round's runtime, before/after").
 
 Format: TensorFlow Lite flatbuffer (https://ai.google.dev/edge/litert), NHWC float32 input.
 The call contract is the torch port's: ``(B, 3, H, W)`` float32 in the port's input range ->
-its outputs, same shapes, float32 (``tests/models/test_litert_runtime.py`` checks them against
+its outputs, same shapes, float32 (``tests/models/test_cpu_runtime.py`` checks them against
 the port).
 """
 

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from affectstream.operators.au_landmarks import LandmarkHeads
 
 
-
 def load_model(spec: str) -> torch.nn.Module:
     """A registry id (``mini_xception``) or a checkpoint path (``runs/x/best.pt``) -> model with
     ``model.card``.

@@ -33,6 +33,17 @@ POOL_NAMESPACE = "affectstream"
 """Ray namespace of the warm cluster's pooled stream actors (named ``affectstream-stream-<i>``)."""
 
 
+def inference_running() -> bool:
+    """Whether the shared inference app (:data:`INFERENCE_APP`) is RUNNING in the connected
+    cluster (imports Ray Serve)."""
+    from ray import serve
+
+    try:
+        return serve.status().applications[INFERENCE_APP].status == "RUNNING"
+    except (KeyError, AttributeError):
+        return False
+
+
 def pool_name(i: int) -> str:
     """Name of the warm pool's ``i``-th stream actor."""
     return f"affectstream-stream-{i}"
@@ -161,14 +172,9 @@ class StreamActor:
         return True
 
     def inference_running(self) -> bool:
-        """Whether the shared inference app is RUNNING (asked here, where Ray Serve is loaded
-        anyway, so a driver joining a warm cluster need not import it)."""
-        from ray import serve
-
-        try:
-            return serve.status().applications[INFERENCE_APP].status == "RUNNING"
-        except (KeyError, AttributeError):
-            return False
+        """:func:`inference_running`, asked here where Ray Serve is loaded anyway, so a driver
+        joining a warm cluster need not import it."""
+        return inference_running()
 
     def pool_info(self) -> dict:
         """``{"key": str | None, "leased": bool}`` (the warm pool's bookkeeping)."""

@@ -175,14 +175,9 @@ def _inference_running(probe: Any) -> bool:
             return bool(ray.get(probe.inference_running.remote(), timeout=30))
         except ray.exceptions.RayError:
             pass  # ask Serve from here instead
-    from ray import serve
+    from affectstream.pipeline.runtime.stream_actor import inference_running
 
-    from affectstream.pipeline.runtime.stream_actor import INFERENCE_APP
-
-    try:
-        return serve.status().applications[INFERENCE_APP].status == "RUNNING"
-    except (KeyError, AttributeError):
-        return False
+    return inference_running()
 
 
 def write_state(st: dict[str, Any]) -> None:
