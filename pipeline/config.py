@@ -195,6 +195,11 @@ class PipelineConfig(_Frozen):
     max_in_flight: int = Field(
         8, ge=1, description="Frames of one stream in flight at once (backpressure window).")
     ray_num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray; None = all.")
+    placement: Literal["auto", "local", "ray"] = Field(
+        "auto", description="Where `run` and `bench` place their streams: 'ray' (a stream actor "
+        "each, inference in the shared Serve deployment), 'local' (this process, no Ray) or "
+        "'auto': local for one stream when no Ray cluster is up or joined, else ray "
+        "(pipeline.runtime.placements).")
 
     def digest(self) -> str:
         """Short sha256 of the canonical JSON of this config without its secrets (stored in

@@ -19,10 +19,12 @@ def _stats(v: list[float]) -> dict[str, float]:
 
 
 def run_bench(video: str, cfg: PipelineConfig, redis_url: str, streams: int = 1,
-              console: Any = None, max_frames: int | None = None) -> dict:
+              console: Any = None, max_frames: int | None = None, placement: str = "ray") -> dict:
     """Run ``streams`` copies of ``video`` through the full DAG into Redis and measure.
 
-    ``max_frames`` bounds each stream (needed for live streams, which never end).
+    ``max_frames`` bounds each stream (needed for live streams, which never end);
+    ``placement``: ``local`` or ``ray`` (:mod:`pipeline.runtime.placements`; the CLI resolves
+    ``auto``).
 
     The first ``warmup`` frames of each stream (model load, JIT warm-up) are excluded from the
     rates and stage times; the frames/s is frames analysed after warm-up over the wall time they
@@ -32,7 +34,6 @@ def run_bench(video: str, cfg: PipelineConfig, redis_url: str, streams: int = 1,
         JSON-able dict: ``summary`` (frames/s, latency p50/p99 ms, ...), ``stages_ms`` (per-stage
         mean/p50/p99 per frame), ``machine`` and ``config``.
     """
-    from affectstream.pipeline.runtime import dag
     from affectstream.pipeline.runtime.streams import run_streams
 
     tag = time.strftime("%Y%m%d-%H%M%S")
@@ -43,7 +44,7 @@ def run_bench(video: str, cfg: PipelineConfig, redis_url: str, streams: int = 1,
     from affectstream.pipeline.bench.cpu import CpuMeter
     from affectstream.pipeline.runtime.warm import read_state
 
-    warm_state = None if os.environ.get("RAY_ADDRESS") else read_state()
+    warm_state = None if os.environ.get("RAY_ADDRESS") or placement == "local" else read_state()
     meter = CpuMeter(warm_state["temp_dir"] if warm_state else None)
     done = {"frames": 0}
 
@@ -69,12 +70,16 @@ def run_bench(video: str, cfg: PipelineConfig, redis_url: str, streams: int = 1,
     if console:
         rate = cfg.decode.analysis_fps
         console.print(f"bench: {streams} stream(s) of {video} "
-                      f"({'every frame' if not rate else f'{rate:g} frames/s analysed'})…")
+                      f"({'every frame' if not rate else f'{rate:g} frames/s analysed'}; "
+                      f"placement {placement})…")
     try:
         reports = run_streams(sources, cfg, redis_url, on_progress, max_frames=max_frames,
-                              on_finished=sample_cpu)
+                              on_finished=sample_cpu, placement=placement)
     finally:
-        dag.shutdown()
+        if placement != "local":
+            from affectstream.pipeline.runtime import dag
+
+            dag.shutdown()
     errors = [r.error for r in reports if r.error]
     if errors:
         raise RuntimeError(f"bench stream failed: {errors[0]}")
@@ -104,6 +109,7 @@ def run_bench(video: str, cfg: PipelineConfig, redis_url: str, streams: int = 1,
                              if marks.get("f_last", 0) > marks.get("f_warm", 0)
                              else float("nan")),
         "warm_cluster": bool(warm_state),
+        "placement": placement,
         "frames_dropped_behind": float(
             sum(r.source_stats.get("dropped_behind", 0) for r in reports)),
     }

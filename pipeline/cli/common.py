@@ -151,3 +151,20 @@ def load_config_or_fail(config: str | None, overrides: dict) -> Any:
     except ValidationError as e:
         fail(f"invalid config: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}")
     raise AssertionError
+
+
+PLACEMENT_OPTION = typer.Option(
+    None, "--placement", help="'local' (this process, no Ray: fastest start), 'ray' (a stream "
+    "actor each, shared Serve inference) or 'auto' (config default: local for one stream unless "
+    "a Ray cluster is up or RAY_ADDRESS is set).")
+"""The ``--placement`` option of ``run`` and ``bench`` (config key ``placement``)."""
+
+
+def placement_or_fail(requested: str, n_streams: int) -> str:
+    """``local`` or ``ray`` (:func:`pipeline.runtime.placements.choose`); exit 2 on a bad name."""
+    from affectstream.pipeline.runtime import placements
+
+    try:
+        return placements.choose(requested, n_streams)
+    except ValueError as e:
+        fail(str(e), 2)

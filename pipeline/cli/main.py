@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -12,8 +11,9 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from affectstream.pipeline.cli.common import (FLAGS, configure, console, fail, one_line_error, out,
-                                              print_json, quiet_ray, warn)
+from affectstream.pipeline.cli.common import (FLAGS, PLACEMENT_OPTION, configure, console, fail,
+                                              one_line_error, out, placement_or_fail, print_json,
+                                              quiet_ray, warn)
 from affectstream.pipeline.cli.common import load_config_or_fail as _config
 
 if not os.environ.get("RAY_ADDRESS"):  # a local Ray, loopback only (pipeline.runtime.dag.init_ray)
@@ -112,6 +112,7 @@ def run(
     overlay: Optional[Path] = typer.Option(
         None, "--overlay", help="Then draw the stored results on the video into this .mp4 "
         "(one source file only)."),
+    placement: Optional[str] = PLACEMENT_OPTION,
 ) -> None:
     """Analyse videos or live streams; write per-face timelines to Redis."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -120,7 +121,7 @@ def run(
 
     cfg = _config(config, {"decode": {"analysis_fps": analysis_fps},
                            "inference": {"fer_model": fer_model, "au_model": au_model},
-                           "redis": {"url": redis_url}})
+                           "redis": {"url": redis_url}, "placement": placement})
     check_models(cfg, allow_untrained)
     if overlay is not None and (len(sources) != 1 or is_live(sources[0])):
         fail("--overlay needs exactly one source, a video file", 2)
@@ -134,11 +135,17 @@ def run(
         sess = [Path(s).stem if not is_live(s) else s.rstrip("/").rsplit("/", 1)[-1]
                 for s in sources]
     url, how = _redis(cfg.redis.url, cfg.redis.password)
-    from affectstream.pipeline.runtime import dag, warm
     from affectstream.pipeline.runtime.streams import run_streams
 
-    st = None if os.environ.get("RAY_ADDRESS") else warm.read_state()
+    where = placement_or_fail(cfg.placement, len(sources))
+    st = None
+    if where == "ray" and not os.environ.get("RAY_ADDRESS"):
+        from affectstream.pipeline.runtime import warm
+
+        st = warm.read_state()
     console.print(f"Redis: {url} ({how}); " + (
+        "analysing in this process (one stream, no Ray cluster up; --placement ray for Ray)…"
+        if where == "local" else
         f"joining the warm cluster at {st['address']} (affectstream up)…" if st
         else "starting Ray and the inference deployment…"), highlight=False)
 
@@ -189,10 +196,13 @@ def run(
 
     try:
         reports = run_streams(list(zip(sources, sess)), cfg, url, on_progress, on_start,
-                                  max_frames=max_frames, on_status=on_status)
+                              max_frames=max_frames, on_status=on_status, placement=where)
     finally:
         progress.stop()
-        dag.shutdown()
+        if where == "ray":
+            from affectstream.pipeline.runtime import dag
+
+            dag.shutdown()
     failed = sum(1 for r in reports if r.error)
     for r in reports:
         if r.error:
@@ -227,7 +237,7 @@ def run_result(r: Any, redis_url: str) -> dict[str, Any]:
             "tracks": len(r.tracks), "points_written": r.points,
             "points_already_present": r.duplicates,
             "frames_dropped_behind": int(r.source_stats.get("dropped_behind", 0)),
-            "warm_stream_worker": r.pooled, "redis_url": redis_url}
+            "warm_stream_worker": r.pooled, "placement": r.placement, "redis_url": redis_url}
 
 
 @app.command()
@@ -241,7 +251,7 @@ def demo(
     console.print("fetching pinned weights and the sample clip (first time only)…")
     models_fetch()
     clip = artifact_path("WolfgangLanger_Pexels.mp4")
-    run([str(clip)], ["demo"], redis_url, None, None, None, None, None, False, False, None)
+    run([str(clip)], ["demo"], redis_url, None, None, None, None, None, False, False, None, None)
     from affectstream.pipeline.cli.sessions import timeline
 
     timeline("demo", redis_url, None, None, None, 1000, None, "table", plot)
@@ -297,91 +307,11 @@ def models_list(
     out.print(t)
 
 
-# ---------------------------------------------------------------------------------------- bench
-
-@app.command()
-def bench(
-    video: Optional[str] = typer.Argument(
-        None, help="Video file or stream URL (default: a real 640x360 sample clip)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o",
-                                          help="Also write the results to this JSON file."),
-    as_json: bool = typer.Option(False, "--json", help="Results as JSON on stdout (no tables)."),
-    redis_url: Optional[str] = typer.Option(None, "--redis-url"),
-    config: Optional[str] = typer.Option(None, "--config", "-c"),
-    streams: int = typer.Option(1, help="Copies of the video analysed at once."),
-    analysis_fps: Optional[float] = typer.Option(
-        None, help="Sample the input (default: every frame of a file; 10 for a stream)."),
-    duration_s: float = typer.Option(30.0, help="Live streams: seconds to measure."),
-    kafka: bool = typer.Option(
-        False, "--kafka", help="Publish the clip to Kafka at --fps and measure the service: "
-        "end-to-end frames/s and publish-to-Redis latency."),
-    bootstrap: Optional[str] = typer.Option(None, help="Kafka bootstrap (with --kafka)."),
-    fps: float = typer.Option(15.0, help="Publish rate with --kafka, frames/s."),
-    autoscale: bool = typer.Option(
-        False, "--autoscale", help="Serve autoscaling of Inference under a load step of "
-        "--streams callers for --duration-s (config: inference.num_replicas auto; joins "
-        "RAY_ADDRESS): replicas over time."),
-) -> None:
-    """End-to-end frames/s, per-stage time per frame, p50/p99 frame-to-Redis latency."""
-    from affectstream.operators.decode import is_live
-    from affectstream.pipeline.bench.runtime import run_bench
-
-    if autoscale:
-        from affectstream.pipeline.bench.autoscale import autoscale_cli
-
-        return autoscale_cli(video, _config(config or "cluster", {}), streams, duration_s,
-                             output, as_json)
-
-    if video is None:
-        from affectstream.models.weights import artifact_path
-
-        video = str(artifact_path("WolfgangLanger_Pexels.mp4"))
-    live = is_live(video)
-    if not live and not Path(video).is_file():
-        fail(f"video file not found: {video}")
-    if live and analysis_fps is None:
-        analysis_fps = 10.0
-    cfg = _config(config, {"decode": {"analysis_fps": analysis_fps}, "redis": {"url": redis_url}})
-    url, _ = _redis(cfg.redis.url, cfg.redis.password)
-    max_frames = int(duration_s * analysis_fps) if live and analysis_fps else None
-    try:
-        if kafka:
-            from affectstream.pipeline.bench.kafka import run_kafka_bench
-
-            cfg = _config(config or "service", {"redis": {"url": redis_url},
-                                                "kafka": {"bootstrap": bootstrap}})
-            res = run_kafka_bench(video, cfg, url, bootstrap=bootstrap, fps=fps,
-                                  streams=streams, console=console)
-        else:
-            quiet_ray()
-            res = run_bench(video, cfg, url, streams, console, max_frames=max_frames)
-    except RuntimeError as e:
-        fail(str(e))
-    t = Table(title=f"affectstream bench: {res['video']}, {streams} stream(s)")
-    t.add_column("metric")
-    t.add_column("value", justify="right")
-    for k, v in res["summary"].items():
-        t.add_row(k, str(v).lower() if isinstance(v, (str, bool)) else f"{v:.2f}")
-    st = Table(title="per-stage time per frame (ms; each stage's own work)")
-    for c in ("stage", "mean", "p50", "p99"):
-        st.add_column(c, justify="right")
-    for k, v in res["stages_ms"].items():
-        st.add_row(k, f"{v['mean']:.2f}", f"{v['p50']:.2f}", f"{v['p99']:.2f}")
-    if as_json:
-        print_json(res)
-    else:
-        out.print(t)
-        out.print(st)
-    if output:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(res, indent=2) + "\n")
-        console.print(f"results written to {output}")
-
-
 # ------------------------------------------------------------------------- mounted sub-commands
 
 def _mount() -> None:
     from affectstream.pipeline.cli.analyze import analyze_app
+    from affectstream.pipeline.cli.bench import bench_cli
     from affectstream.pipeline.cli.bench_curve import bench_curve_cli
     from affectstream.pipeline.cli.bench_models import bench_models_cli
     from affectstream.pipeline.cli.cluster import cluster_cli
@@ -394,7 +324,7 @@ def _mount() -> None:
     app.add_typer(analyze_app, name="analyze")
     app.add_typer(sessions_app, name="sessions")
     for sub in (data_cli, overlay_cli, kafka_cli, train_cli, eval_au_cli, cluster_cli,
-                bench_curve_cli, bench_models_cli):  # publish, serve, train, eval as top-level commands
+                bench_cli, bench_curve_cli, bench_models_cli):  # publish, serve, train, eval as top-level commands
         app.registered_commands.extend(sub.registered_commands)
 
 

@@ -121,3 +121,11 @@ def analyze_batch(analyzer: FaceAnalyzer, reqs: list[InferRequest]) -> list[Infe
             gaze=None if heads is None else heads.gaze[sl]))
         i += n
     return out
+
+
+def warm_up(analyzer: FaceAnalyzer) -> None:
+    """One forward on two blank faces (with saliency), so the first real batch does not pay for
+    the allocator's and kernels' first use."""
+    h, w = analyzer.crop.size
+    shape = (2, h, w) if analyzer.crop.gray else (2, h, w, 3)
+    analyzer.analyze(np.zeros(shape, np.uint8), np.full((2, 468, 2), 0.5, np.float32))

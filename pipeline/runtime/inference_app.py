@@ -15,11 +15,10 @@ import asyncio
 import time
 from typing import Any
 
-import numpy as np
 from ray import serve
 
 from affectstream.operators.analyze import FaceAnalyzer
-from affectstream.pipeline.runtime.batch import InferRequest, InferResult, analyze_batch
+from affectstream.pipeline.runtime.batch import InferRequest, InferResult, analyze_batch, warm_up
 
 __all__ = ["Inference", "InferRequest", "InferResult", "analyze_batch"]
 
@@ -56,9 +55,7 @@ class Inference:
         self.analyzer = FaceAnalyzer(fer_model, saliency, au_model, device, half)
         self._seen: dict[str, float] = {}  # stream -> last call (time.monotonic)
         self._apply(max_batch_size, batch_wait_timeout_s, batch_wait_multi_s)
-        h, w = self.analyzer.crop.size  # warm-up: the first real batch should not pay for it
-        shape = (2, h, w) if self.analyzer.crop.gray else (2, h, w, 3)
-        self.analyzer.analyze(np.zeros(shape, np.uint8), np.full((2, 468, 2), 0.5, np.float32))
+        warm_up(self.analyzer)
 
     def _apply(self, max_batch_size: int, wait_one: float, wait_many: float | None) -> None:
         self.infer.set_max_batch_size(max_batch_size)

@@ -1,7 +1,8 @@
-"""``run``'s driver: start one :class:`StreamActor` per source, follow their progress.
+"""``run``'s driver: start one stream worker per source, follow their progress.
 
-The driver never touches frames: each actor streams on its own and is polled a few times a
-second for per-frame summaries (progress bars, the end-of-run report, benchmarks).
+The driver never touches frames: each worker (a Ray actor or a worker in this process,
+:mod:`pipeline.runtime.placements`) streams on its own and is polled a few times a second for
+per-frame summaries (progress bars, the end-of-run report, benchmarks).
 """
 
 from __future__ import annotations
@@ -9,8 +10,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-
-import ray
+from typing import Any
 
 from affectstream.pipeline.config import PipelineConfig
 from affectstream.pipeline.errors import one_line
@@ -36,6 +36,7 @@ class StreamReport:
     total_frames: int | None = None
     live: bool = False
     pooled: bool = False  # served by a warm pool actor (``affectstream up``)
+    placement: str = "ray"  # where it ran: "ray" or "local" (pipeline.runtime.placements)
     error: str | None = None
     wall_s: float = 0.0
     first_frame_at: float | None = None
@@ -70,8 +71,8 @@ def run_streams(sources: list[tuple[str, str]], cfg: PipelineConfig, redis_url: 
                 on_start: Callable[[list[StreamReport]], None] | None = None,
                 max_frames: int | None = None,
                 on_status: Callable[[StreamReport, dict], None] | None = None,
-                on_finished: Callable[[list[StreamReport]], None] | None = None
-                ) -> list[StreamReport]:
+                on_finished: Callable[[list[StreamReport]], None] | None = None,
+                placement: str = "auto") -> list[StreamReport]:
     """Analyse several sources at once, sharing one inference deployment.
 
     Args:
@@ -84,70 +85,78 @@ def run_streams(sources: list[tuple[str, str]], cfg: PipelineConfig, redis_url: 
         on_status: called about every 2 s with (report, Redis state) for each running stream:
             ``{"waiting": bool, "waiting_s", "attempts", "last_error"}`` (lets the caller show
             "waiting for Redis").
-        on_finished: called once every stream ended, before its actor is stopped (a CPU meter
+        on_finished: called once every stream ended, before its worker is stopped (a CPU meter
             can still read the actors' processes then).
+        placement: ``auto``, ``local`` or ``ray`` (:mod:`pipeline.runtime.placements`); a Ray
+            placement leaves Ray running for the caller to shut down (``dag.shutdown``).
 
     Returns:
-        One :class:`StreamReport` per source, in input order; a stream that failed has ``error``.
+        One :class:`StreamReport` per source, in input order (``placement`` says where it ran);
+        a stream that failed has ``error``.
     """
-    from affectstream.pipeline.runtime import dag
-    from affectstream.pipeline.runtime.stream_actor import StreamActor
-    from affectstream.pipeline.runtime.warm import lease_pooled
+    from affectstream.pipeline.runtime import placements
 
-    dag.init_ray(cfg)
+    where = placements.make(placements.choose(placement, len(sources)), cfg, len(sources))
+    try:
+        return _drive(where, sources, cfg, redis_url, on_progress, on_start, max_frames,
+                      on_status, on_finished)
+    finally:
+        where.close()
+
+
+def _drive(where: Any, sources: list[tuple[str, str]], cfg: PipelineConfig, redis_url: str,
+           on_progress: Callable | None, on_start: Callable | None, max_frames: int | None,
+           on_status: Callable | None, on_finished: Callable | None) -> list[StreamReport]:
     cfg_json = cfg.model_dump_json()
-    reports = [StreamReport(u, s) for u, s in sources]
-    actors: dict[int, object] = {}
+    reports = [StreamReport(u, s, placement=where.name) for u, s in sources]
+    handles: dict[int, Any] = {}
     pooled: set[int] = set()
-    opened: dict[int, object] = {}
+    opened: dict[int, Any] = {}
     t0 = {}
-    slots = int(dag.WARM["state"].get("stream_pool", 0)) if "state" in dag.WARM else 0
-    # the stream actors open their sources and load their models while Serve deploys inference;
-    # in the warm cluster, idle pooled actors with their networks loaded serve first
+    # the workers open their sources and load their models while inference is made ready; in
+    # the warm cluster, idle pooled actors with their networks loaded serve first
     for i, rep in enumerate(reports):
-        actor = lease_pooled(cfg, slots) if slots else None
-        if actor is not None:
-            opened[i] = actor.open.remote(rep.url, rep.session_id, cfg_json, redis_url,
-                                          max_frames)
+        handle, opening, from_pool = where.launch(rep.url, rep.session_id, cfg_json, redis_url,
+                                                  max_frames)
+        if opening is not None:
+            opened[i] = opening
+        if from_pool:
             pooled.add(i)
             rep.pooled = True
-        else:
-            actor = StreamActor.remote(rep.url, rep.session_id, cfg_json, redis_url,
-                                       max_frames)
-        actors[i], t0[i] = actor, time.time()
-    dag.ensure_inference(cfg, probe=next((actors[i] for i in pooled), None))
+        handles[i], t0[i] = handle, time.time()
+    where.prepare()
     started = {}
-    for i, actor in list(actors.items()):
+    for i, handle in list(handles.items()):
         try:
             if i in opened:
-                ray.get(opened[i])  # a bad source fails here
-            info = ray.get(actor.info.remote())
+                where.get(opened[i])  # a bad source fails here
+            info = where.get(where.call(handle, "info"))
             reports[i].total_frames, reports[i].live = info["total_frames"], info["live"]
-            started[i] = actor.start.remote()
-        except ray.exceptions.RayError as e:
+            started[i] = where.call(handle, "start")
+        except where.errors as e:
             reports[i].error = one_line(e)
-            _dispose(actors.pop(i), i in pooled)
-    for i, ref in started.items():
+            where.dispose(handles.pop(i), i in pooled)
+    for i, fut in started.items():
         try:
-            ray.get(ref)
-        except ray.exceptions.RayError as e:
+            where.get(fut)
+        except where.errors as e:
             reports[i].error = one_line(e)
-            _dispose(actors.pop(i), i in pooled)
+            where.dispose(handles.pop(i), i in pooled)
     if on_start:
         on_start(reports)
-    polls = {i: a.poll.remote() for i, a in actors.items()}
+    polls = {i: where.call(h, "poll") for i, h in handles.items()}
     next_status = time.monotonic() + 2.0
     while polls:
-        ready, _ = ray.wait(list(polls.values()), num_returns=1, timeout=1.0)
+        ready = where.wait_one(list(polls.values()), timeout=1.0)
         if on_status is not None and time.monotonic() >= next_status:
             next_status = time.monotonic() + 2.0
-            _report_status({i: actors[i] for i in polls}, reports, on_status)
-        for ref in ready:
-            i = next(k for k, v in polls.items() if v == ref)
+            _report_status(where, {i: handles[i] for i in polls}, reports, on_status)
+        for fut in ready:
+            i = next(k for k, v in polls.items() if v is fut)
             rep = reports[i]
             try:
-                prog = ray.get(ref)
-            except ray.exceptions.RayError as e:
+                prog = where.get(fut)
+            except where.errors as e:
                 rep.error = rep.error or one_line(e)
                 del polls[i]
                 continue
@@ -160,38 +169,27 @@ def run_streams(sources: list[tuple[str, str]], cfg: PipelineConfig, redis_url: 
                 rep.error = rep.error or prog.error
                 del polls[i]
             else:
-                polls[i] = actors[i].poll.remote()
+                polls[i] = where.call(handles[i], "poll")
     if on_finished:
         on_finished(reports)
-    for i, actor in actors.items():
+    for i, handle in handles.items():
         rep = reports[i]
         rep.wall_s = time.time() - t0[i]
         try:
-            stats = ray.get(actor.stats.remote())
+            stats = where.get(where.call(handle, "stats"))
             rep.tracks = stats.pop("tracks")
             rep.source_stats = stats
-        except ray.exceptions.RayError as e:
+        except where.errors as e:
             rep.error = rep.error or one_line(e)
-        _dispose(actor, i in pooled)
+        where.dispose(handle, i in pooled)
     return reports
 
 
-def _dispose(actor: object, pooled: bool) -> None:
-    """Stop a stream's actor; a pooled one goes back to the warm pool (killed if it cannot)."""
-    if pooled:
-        try:
-            ray.get(actor.release.remote(), timeout=30)  # type: ignore[attr-defined]
-            return
-        except ray.exceptions.RayError:
-            pass
-    ray.kill(actor)
-
-
-def _report_status(actors: dict[int, object], reports: list[StreamReport],
+def _report_status(where: Any, handles: dict[int, Any], reports: list[StreamReport],
                    on_status: Callable[[StreamReport, dict], None]) -> None:
-    refs = {i: a.status.remote() for i, a in actors.items()}  # type: ignore[attr-defined]
-    for i, ref in refs.items():
+    futs = {i: where.call(h, "status") for i, h in handles.items()}
+    for i, fut in futs.items():
         try:
-            on_status(reports[i], ray.get(ref, timeout=5))
-        except ray.exceptions.RayError:
+            on_status(reports[i], where.get(fut, timeout=5))
+        except where.errors:
             pass

@@ -80,7 +80,7 @@ def outage_run(tmp_path_factory, media):
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
     run = subprocess.Popen(
         [sys.executable, "-m", "affectstream.pipeline.cli.main", "run", str(media("single_face.mp4")),
-         "--session", SID, "--redis-url", url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+         "--session", SID, "--redis-url", url, "--placement", "ray"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, env=env)
     out: dict = {"sockets": []}
     try:

@@ -1,4 +1,5 @@
-"""``affectstream run --json --overlay`` as a user runs it (a subprocess with Ray), and the
+"""``affectstream run --json --overlay`` as a user runs it (a subprocess; one stream: placed in
+that process), and the
 global flags: ``--version``, ``--quiet``, one-line errors."""
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def test_run_json_and_overlay_quietly(media, redis_url, tmp_path):
     (res,) = json.loads(r.stdout)  # stdout is exactly one JSON document
     assert res["session_id"] == "sf" and res["ok"] and res["frames_analysed"] == 24
     assert res["tracks"] == 1 and res["points_written"] == 24 and res["frames_per_s"] > 0
+    assert res["placement"] == "local" and not res["warm_stream_worker"]
     assert "INFO" not in r.stderr and "Started Serve" not in r.stderr, r.stderr
     with av.open(str(ov)) as c:
         assert sum(1 for _ in c.decode(video=0)) == 72  # the input's frames, not the 24 analysed

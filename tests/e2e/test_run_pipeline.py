@@ -76,6 +76,27 @@ def test_two_sources_share_inference_and_rerun_adds_nothing(ray_session, redis_u
     assert store.count_points("e2e-a") == {1: 72}
 
 
+def test_local_placement_writes_what_ray_writes(ray_session, redis_url, media):
+    """The same clip placed in this process (no actor, no Serve) and on Ray: the same frames,
+    track and points; values equal within float noise of different batch compositions."""
+    from affectstream.pipeline.runtime.streams import run_streams
+
+    clip = str(media("single_face.mp4"))
+    (ray_rep,) = run_streams([(clip, "place-ray")], ray_session, redis_url, placement="ray")
+    (loc_rep,) = run_streams([(clip, "place-local")], ray_session, redis_url, placement="local")
+    assert ray_rep.placement == "ray" and loc_rep.placement == "local"
+    assert loc_rep.error is None and loc_rep.frames == ray_rep.frames == 72
+    assert loc_rep.points == ray_rep.points == 72 and loc_rep.tracks == ray_rep.tracks == [1]
+    store = TimelineStore(redis.Redis.from_url(redis_url, decode_responses=True))
+    a, b = store.timeline("place-ray"), store.timeline("place-local")
+    assert [p.ts_ms for p in a] == [p.ts_ms for p in b]
+    for p, q in zip(a, b):
+        assert p.emotion == q.emotion and p.bbox_xyxy == pytest.approx(q.bbox_xyxy, abs=0.01)
+        assert p.emotion_probs == pytest.approx(q.emotion_probs, abs=1e-3)
+        assert p.au_intensity == pytest.approx(q.au_intensity, abs=1e-3)
+        assert p.saliency == pytest.approx(q.saliency, abs=1e-3)
+
+
 def test_bad_source_fails_alone(ray_session, redis_url, media, tmp_path):
     from affectstream.pipeline.runtime.streams import run_streams
 
