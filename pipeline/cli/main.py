@@ -144,8 +144,9 @@ def run(
 
         st = warm.read_state()
     console.print(f"Redis: {url} ({how}); " + (
-        "analysing in this process (one stream, no Ray cluster up; --placement ray for Ray)…"
-        if where == "local" else
+        "analysing in this process, without Ray (" + (
+            "one stream and no Ray cluster up; " if cfg.placement == "auto" else "") +
+        "--placement ray for Ray)…" if where == "local" else
         f"joining the warm cluster at {st['address']} (affectstream up)…" if st
         else "starting Ray and the inference deployment…"), highlight=False)
 
