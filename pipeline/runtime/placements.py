@@ -84,6 +84,7 @@ class RayPlacement:
         dag.init_ray(cfg)
         self.slots = int(dag.WARM["state"].get("stream_pool", 0)) if "state" in dag.WARM else 0
         self._probe: Any = None
+        self._live: list[tuple[Any, bool]] = []  # (actor, pooled) launched and not disposed
 
     def launch(self, url: str, session_id: str, cfg_json: str, redis_url: str,
                max_frames: int | None) -> tuple[Any, Any, bool]:
@@ -93,8 +94,11 @@ class RayPlacement:
 
         actor = lease_pooled(self.cfg, self.slots) if self.slots else None
         if actor is None:
-            return StreamActor.remote(url, session_id, cfg_json, redis_url, max_frames), None, False
+            actor = StreamActor.remote(url, session_id, cfg_json, redis_url, max_frames)
+            self._live.append((actor, False))
+            return actor, None, False
         self._probe = self._probe or actor
+        self._live.append((actor, True))
         return actor, actor.open.remote(url, session_id, cfg_json, redis_url, max_frames), True
 
     def prepare(self) -> None:
@@ -113,6 +117,7 @@ class RayPlacement:
     def dispose(self, handle: Any, pooled: bool) -> None:
         """Stop a stream's actor; a pooled one goes back to the warm pool (killed if it
         cannot)."""
+        self._live = [(a, p) for a, p in self._live if a is not handle]
         if pooled:
             try:
                 self.ray.get(handle.release.remote(), timeout=30)
@@ -122,7 +127,14 @@ class RayPlacement:
         self.ray.kill(handle)
 
     def close(self) -> None:
-        pass
+        """Stop the streams still running (an interrupted run: they end ``interrupted``, and a
+        pooled actor goes back to the warm pool instead of staying leased)."""
+        for actor, pooled in list(self._live):
+            try:
+                self.ray.get(actor.stop.remote(), timeout=10)
+            except self.ray.exceptions.RayError as e:
+                log.debug("stream actor did not stop: %s", e)
+            self.dispose(actor, pooled)
 
 
 class _LocalStream:
@@ -153,6 +165,7 @@ class LocalPlacement:
         self._thread.start()
         self._pool = concurrent.futures.ThreadPoolExecutor(1 + max(1, n_streams), "local-build")
         self._inference = self._pool.submit(self._load_inference, n_streams)
+        self._streams: list[_LocalStream] = []
 
     def _load_inference(self, n_streams: int) -> Any:
         from affectstream.operators.analyze import FaceAnalyzer
@@ -177,8 +190,10 @@ class LocalPlacement:
                max_frames: int | None) -> tuple[Any, Any, bool]:
         """Start building one stream's worker; returns ``(handle, None, False)`` (a bad source
         fails at the first :meth:`call`)."""
-        return _LocalStream(self._pool.submit(self._build, url, session_id, cfg_json, redis_url,
-                                              max_frames)), None, False
+        handle = _LocalStream(self._pool.submit(self._build, url, session_id, cfg_json,
+                                                redis_url, max_frames))
+        self._streams.append(handle)
+        return handle, None, False
 
     def prepare(self) -> None:
         """Wait for the models (their load errors surface here)."""
@@ -200,8 +215,18 @@ class LocalPlacement:
                                           return_when=concurrent.futures.FIRST_COMPLETED)
         return list(done)
 
+    async def _stop_all(self) -> None:
+        for h in self._streams:
+            if h.ready.done() and h.ready.exception() is None:
+                await h.ready.result().stop()
+        rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in rest:  # polls, the inference batcher: nothing is left to wait for them
+            t.cancel()
+        await asyncio.gather(*rest, return_exceptions=True)
+
     def dispose(self, handle: _LocalStream, pooled: bool) -> None:
         """Drop a stream's worker (its source is closed with it)."""
+        self._streams = [h for h in self._streams if h is not handle]
         if handle.ready.done() and handle.ready.exception() is None:
             try:
                 self.call(handle, "release").result(30)
@@ -209,7 +234,12 @@ class LocalPlacement:
                 log.debug("stream not released: %s", e)
 
     def close(self) -> None:
-        """Stop the event loop and the inference thread."""
+        """Stop what still runs (an interrupted run: its streams end ``interrupted``), then the
+        event loop and the inference thread."""
+        try:
+            asyncio.run_coroutine_threadsafe(self._stop_all(), self.loop).result(30)
+        except (concurrent.futures.TimeoutError, RuntimeError) as e:
+            log.warning("local placement: streams did not stop in time: %s", e)
         if self._inference.done() and self._inference.exception() is None:
             self._inference.result().close()
         self.loop.call_soon_threadsafe(self.loop.stop)

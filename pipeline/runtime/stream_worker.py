@@ -268,12 +268,27 @@ class StreamWorker:
                 await self.runner.submit(item[0], item[1])
         except Exception as e:  # noqa: BLE001  (this stream fails alone)
             status, self._error = "failed", one_line(e)
+        except asyncio.CancelledError:  # stop(): what is written stays, the rest is dropped
+            status, self._error = "interrupted", "interrupted"
+            await self.runner.abort()
+            raise
         finally:
             try:
-                await self.runner.close(status)
+                if status == "interrupted":
+                    self.sink.close(self.session_id, status)
+                else:
+                    await self.runner.close(status)
             except Exception as e:  # noqa: BLE001
                 self._error = self._error or one_line(e)
             self._done = True
+
+    async def stop(self) -> None:
+        """Stop a running stream at once (the user interrupted the run): frames in flight are
+        dropped, points already written stay, the session's status becomes ``interrupted``."""
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait([task])
 
     async def poll(self) -> Progress:
         """Results since the last poll; waits up to 0.2 s for something new."""

@@ -5,8 +5,10 @@ global flags: ``--version``, ``--quiet``, one-line errors."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import av
 import pytest
@@ -34,6 +36,33 @@ def test_run_json_and_overlay_quietly(media, redis_url, tmp_path):
     assert "INFO" not in r.stderr and "Started Serve" not in r.stderr, r.stderr
     with av.open(str(ov)) as c:
         assert sum(1 for _ in c.decode(video=0)) == 72  # the input's frames, not the 24 analysed
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_ctrl_c_stops_a_local_run_cleanly(media, redis_url):
+    """Ctrl-C while frames flow: exit 130 at once, no asyncio noise, what was written stays and
+    the session reads ``interrupted``."""
+    import redis
+
+    from affectstream.pipeline.store.redis_store import Keys
+
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    key = Keys().track("cc", 1)
+    run = subprocess.Popen(CLI + ["run", str(media("WolfgangLanger_Pexels.mp4")), "-s", "cc",
+                                  "--redis-url", redis_url, "-c", "fast"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 300
+    while not r.exists(key) or r.xlen(key) == 0:
+        assert run.poll() is None and time.monotonic() < deadline, run.stderr.read()[-2000:]
+        time.sleep(0.02)
+    run.send_signal(signal.SIGINT)
+    stdout, stderr = run.communicate(timeout=60)
+    assert run.returncode == 130, stderr[-2000:]
+    assert "Task was destroyed" not in stderr + stdout and "Traceback" not in stderr, stderr
+    assert r.hget(Keys().meta("cc"), "status") == "interrupted"
+    assert 0 < r.xlen(key) < 472  # the points written before the interrupt stay
 
 
 def test_version_and_bad_input_errors_are_one_line(tmp_path):

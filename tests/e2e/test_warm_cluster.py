@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import psutil
 import pytest
 import redis
 
 from affectstream.pipeline.runtime.warm import processes_of
-from affectstream.pipeline.store.redis_store import TimelineStore
+from affectstream.pipeline.store.redis_store import Keys, TimelineStore
 from tests.conftest import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -78,6 +80,26 @@ def test_up_run_joins_down(tmp_path, media, redis_url: str) -> None:
         res = _json_tail(r.stdout)
         assert sorted(x["warm_stream_worker"] for x in res) == [False, True, True]
         assert all(x["points_written"] == 10 for x in res), res
+        # Ctrl-C in a joined run: the stream ends `interrupted` and its pooled actor goes back
+        # to the pool (before, it stayed leased for good): two streams get two pooled actors
+        rc = redis.Redis.from_url(redis_url, decode_responses=True)
+        run = subprocess.Popen(
+            [sys.executable, "-m", "affectstream.pipeline.cli.main", "run",
+             str(media("WolfgangLanger_Pexels.mp4")), "-s", "w-int", "--redis-url", redis_url],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        deadline = time.monotonic() + 120
+        while not rc.exists(Keys().track("w-int", 1)):
+            assert run.poll() is None and time.monotonic() < deadline, run.stderr.read()
+            time.sleep(0.02)
+        run.send_signal(signal.SIGINT)
+        _, err = run.communicate(timeout=60)
+        assert run.returncode == 130 and "Traceback" not in err, err
+        assert rc.hget(Keys().meta("w-int"), "status") == "interrupted"
+        r = _cli(env, "run", clip, clip, "-s", "w4", "-s", "w5", "--redis-url", redis_url,
+                 "--max-frames", "5", "--json")
+        assert r.returncode == 0, r.stderr + r.stdout
+        assert [x["warm_stream_worker"] for x in _json_tail(r.stdout)] == [True, True]
         # bench joins too, and its CPU meter counts the warm cluster's workers (retitled
         # "ray::…", found as the raylet's children): FaceMesh alone costs > 3 ms per frame
         out = tmp_path / "curve.json"
