@@ -215,29 +215,26 @@ class LocalPlacement:
                                           return_when=concurrent.futures.FIRST_COMPLETED)
         return list(done)
 
-    async def _stop_all(self) -> None:
-        for h in self._streams:
-            if h.ready.done() and h.ready.exception() is None:
-                await h.ready.result().stop()
+    async def _cancel_rest(self) -> None:
         rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         for t in rest:  # polls, the inference batcher: nothing is left to wait for them
             t.cancel()
         await asyncio.gather(*rest, return_exceptions=True)
 
     def dispose(self, handle: _LocalStream, pooled: bool) -> None:
-        """Drop a stream's worker (its source is closed with it)."""
+        """Stop a stream's worker if it still runs, and drop it (its source is closed)."""
         self._streams = [h for h in self._streams if h is not handle]
         if handle.ready.done() and handle.ready.exception() is None:
-            try:
-                self.call(handle, "release").result(30)
-            except RuntimeError as e:  # still running (the driver was interrupted)
-                log.debug("stream not released: %s", e)
+            self.call(handle, "stop").result(30)
+            self.call(handle, "release").result(30)
 
     def close(self) -> None:
         """Stop what still runs (an interrupted run: its streams end ``interrupted``), then the
         event loop and the inference thread."""
         try:
-            asyncio.run_coroutine_threadsafe(self._stop_all(), self.loop).result(30)
+            for handle in list(self._streams):
+                self.dispose(handle, False)
+            asyncio.run_coroutine_threadsafe(self._cancel_rest(), self.loop).result(30)
         except (concurrent.futures.TimeoutError, RuntimeError) as e:
             log.warning("local placement: streams did not stop in time: %s", e)
         if self._inference.done() and self._inference.exception() is None:

@@ -41,10 +41,19 @@ class _ReadAhead:
         self.done = False
         self.error: BaseException | None = None
         self.dropped = 0
+        self.closed = False
         self.thread = threading.Thread(target=self._read, daemon=True, name="source")
 
     def start(self) -> None:
         self.thread.start()
+
+    def close(self) -> None:
+        """Stop reading (the stream ended early or failed): the thread ends instead of waiting
+        for room in the buffer for good, and a waiting :meth:`next` returns None."""
+        with self.cv:
+            self.closed = True
+            self.buf.clear()
+            self.cv.notify_all()
 
     def _read(self) -> None:
         try:
@@ -54,8 +63,10 @@ class _ReadAhead:
                     if self.live and len(self.buf) >= self.size:
                         self.buf.popleft()
                         self.dropped += 1
-                    while not self.live and len(self.buf) >= self.size:
+                    while not self.live and len(self.buf) >= self.size and not self.closed:
                         self.cv.wait()
+                    if self.closed:
+                        return
                     self.buf.append(item)
                     self.cv.notify_all()
         except BaseException as e:  # noqa: BLE001  (reported by next())
@@ -273,6 +284,8 @@ class StreamWorker:
             await self.runner.abort()
             raise
         finally:
+            if self._reader is not None:  # a failed or stopped stream leaves no reader waiting
+                self._reader.close()
             try:
                 if status == "interrupted":
                     self.sink.close(self.session_id, status)

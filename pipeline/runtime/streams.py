@@ -152,7 +152,7 @@ def _drive(where: Any, sources: list[tuple[str, str]], cfg: PipelineConfig, redi
             next_status = time.monotonic() + 2.0
             _report_status(where, {i: handles[i] for i in polls}, reports, on_status)
         for fut in ready:
-            i = next(k for k, v in polls.items() if v is fut)
+            i = next(k for k, v in polls.items() if v == fut)
             rep = reports[i]
             try:
                 prog = where.get(fut)
