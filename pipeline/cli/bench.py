@@ -14,8 +14,8 @@ import typer
 from rich.table import Table
 
 from affectstream.pipeline.cli.common import (PLACEMENT_OPTION, console, fail, load_config_or_fail,
-                                              out, placement_or_fail, print_json, quiet_ray,
-                                              resolve_redis_or_fail)
+                                              out, print_json, quiet_ray, resolve_redis_or_fail)
+from affectstream.pipeline.runtime.placements import choose as choose_placement
 
 bench_cli = typer.Typer(add_completion=False)
 
@@ -78,7 +78,7 @@ def bench(
         else:
             quiet_ray()
             res = run_bench(video, cfg, url, streams, console, max_frames=max_frames,
-                            placement=placement_or_fail(cfg.placement, streams))
+                            placement=choose_placement(cfg.placement, streams))
     except RuntimeError as e:
         fail(str(e))
     t = Table(title=f"affectstream bench: {res['video']}, {streams} stream(s)")

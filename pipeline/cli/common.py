@@ -158,13 +158,3 @@ PLACEMENT_OPTION = typer.Option(
     "actor each, shared Serve inference) or 'auto' (config default: local for one stream unless "
     "a Ray cluster is up or RAY_ADDRESS is set).")
 """The ``--placement`` option of ``run`` and ``bench`` (config key ``placement``)."""
-
-
-def placement_or_fail(requested: str, n_streams: int) -> str:
-    """``local`` or ``ray`` (:func:`pipeline.runtime.placements.choose`); exit 2 on a bad name."""
-    from affectstream.pipeline.runtime import placements
-
-    try:
-        return placements.choose(requested, n_streams)
-    except ValueError as e:
-        fail(str(e), 2)

@@ -12,9 +12,9 @@ import typer
 from rich.table import Table
 
 from affectstream.pipeline.cli.common import (FLAGS, PLACEMENT_OPTION, configure, console, fail,
-                                              one_line_error, out, placement_or_fail, print_json,
-                                              quiet_ray, warn)
+                                              one_line_error, out, print_json, quiet_ray, warn)
 from affectstream.pipeline.cli.common import load_config_or_fail as _config
+from affectstream.pipeline.runtime.placements import choose as choose_placement
 
 if not os.environ.get("RAY_ADDRESS"):  # a local Ray, loopback only (pipeline.runtime.dag.init_ray)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -137,7 +137,7 @@ def run(
     url, how = _redis(cfg.redis.url, cfg.redis.password)
     from affectstream.pipeline.runtime.streams import run_streams
 
-    where = placement_or_fail(cfg.placement, len(sources))
+    where = choose_placement(cfg.placement, len(sources))
     st = None
     if where == "ray" and not os.environ.get("RAY_ADDRESS"):
         from affectstream.pipeline.runtime import warm
